@@ -1,0 +1,560 @@
+"""The download engine: targets in, a complete and verified output tree out.
+
+``await download(client, targets, dest)`` expands the targets into series (QIDO),
+retrieves the series concurrently through a bounded pool of workers, streams every
+part to a temporary file and renames it into place, verifies each series against
+the server's instance count, retries what failed, and returns a
+:class:`~kheops_async.report.DownloadReport`. It runs under asyncio and trio and
+can be cancelled at any point: temporary files are removed, finished files stay.
+
+Every HTTP request the engine makes (QIDO pages, retrieves) holds one slot of a
+:class:`anyio.CapacityLimiter`, so ``concurrency`` bounds the requests in flight.
+Memory is bounded by ``concurrency`` x (one network chunk + the header probe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from kheops_async.client import DicomWebClient
+from kheops_async.dicomjson import DicomRecord
+from kheops_async.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    IncompleteSeriesError,
+    InvalidDicomError,
+    KheopsAsyncError,
+)
+from kheops_async.layout import DEFAULT_LAYOUT, Layout
+from kheops_async.report import (
+    DownloadProgress,
+    DownloadReport,
+    InstanceRecord,
+    InstanceStatus,
+    ProgressCallback,
+    SeriesFailure,
+)
+from kheops_async.retry import RetryPolicy, is_retryable, retry_call
+from kheops_async.streaming import MultipartReader
+from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
+from kheops_async.writer import REPORT_KEYWORDS, PartialFiles, ReceivedPart, receive_part
+
+__all__ = ["DEFAULT_CONCURRENCY", "MetadataMode", "download"]
+
+log = logging.getLogger("kheops_async")
+
+DEFAULT_CONCURRENCY = 4
+"""Series retrieved at once by default; see benchmarks/RESULTS.md for the measurement."""
+
+MetadataMode = Literal["series", "instance"]
+T = TypeVar("T")
+
+
+def _retryable_or_short(exc: BaseException) -> bool:
+    return is_retryable(exc) or isinstance(exc, IncompleteSeriesError)
+
+
+@dataclass
+class _SeriesState:
+    """What one series has so far: the instances done, by SOPInstanceUID."""
+
+    plan: SeriesPlan
+    done: dict[str, InstanceRecord] = field(default_factory=dict)
+    failed_parts: dict[str, InstanceRecord] = field(default_factory=dict)
+
+    def shortfall(self) -> int:
+        expected = self.plan.expected_instances
+        return 0 if expected is None else max(0, expected - len(self.done))
+
+
+class _Download:
+    """One run of :func:`download` (its settings, shared counters and the pool)."""
+
+    def __init__(
+        self,
+        client: DicomWebClient,
+        targets: Targets,
+        destination: Path,
+        *,
+        concurrency: int,
+        layout: Layout,
+        force: bool,
+        fsync: bool,
+        dry_run: bool,
+        metadata_only: MetadataMode | None,
+        transfer_syntax: str,
+        retry: RetryPolicy,
+        progress: DownloadProgress,
+    ) -> None:
+        self.client = client
+        self.targets = targets
+        self.root = destination.expanduser().resolve()
+        self.concurrency = concurrency
+        self.layout = layout
+        self.force = force
+        self.fsync = fsync
+        self.dry_run = dry_run
+        self.metadata_only = metadata_only
+        self.transfer_syntax = transfer_syntax
+        self.retry = retry
+        self.progress = progress
+        self.limiter = anyio.CapacityLimiter(concurrency)
+        self.partial = PartialFiles(self.root)
+        self.keywords = tuple(dict.fromkeys([*REPORT_KEYWORDS, *layout.fields]))
+        self.report = DownloadReport(dry_run=dry_run)
+        self._seen_series: set[tuple[str, str]] = set()
+
+    # -- the run -------------------------------------------------------------------
+
+    async def run(self) -> DownloadReport:
+        started = time.monotonic()
+        if not self.dry_run:
+            self._prepare_destination()
+        send, receive = anyio.create_memory_object_stream[SeriesPlan](self.concurrency * 2)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._plan_all, send)
+                for _ in range(self.concurrency):
+                    group.start_soon(self._worker, receive.clone())
+                receive.close()
+        finally:
+            self.report.seconds = time.monotonic() - started
+            if not self.dry_run:
+                self.partial.remove_if_empty()
+        self.report.instances.sort(key=lambda r: (r.study_uid, r.series_uid, r.path, r.sop_uid))
+        return self.report
+
+    def _prepare_destination(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.report.stale_partials_removed = self.partial.prepare()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot write to the output directory {self.root}: {exc.strerror}"
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"the output directory {self.root} is not writable")
+
+    async def _limited(self, operation: Callable[[], Awaitable[T]]) -> T:
+        async with self.limiter:
+            return await operation()
+
+    # -- planning ------------------------------------------------------------------
+
+    async def _plan_all(self, send: ObjectSendStream[SeriesPlan]) -> None:
+        """Expand the targets into series plans and feed them to the workers."""
+        async with send:
+            by_study: dict[str, set[str] | None] = {}
+            for study_uid, series_uid in self.targets.series:
+                wanted = by_study.setdefault(study_uid, set())
+                if wanted is not None:
+                    wanted.add(series_uid)
+            for study_uid in self.targets.studies:
+                by_study[study_uid] = None
+            async with anyio.create_task_group() as group:
+                for study_uid, wanted in by_study.items():
+                    group.start_soon(self._plan_study, send, study_uid, wanted)
+                if self.targets.query is not None:
+                    pager = self.client.iter_studies(
+                        self.targets.query,
+                        limit=self.targets.limit,
+                        offset=self.targets.offset,
+                    )
+                    async with self.limiter:
+                        studies = [record async for record in pager]
+                    for record in studies:
+                        if record.study_uid and record.study_uid not in by_study:
+                            by_study[record.study_uid] = None
+                            group.start_soon(self._plan_study, send, record.study_uid, None)
+        self.progress.planning_done = True
+        self.progress.notify()
+
+    async def _plan_study(
+        self, send: ObjectSendStream[SeriesPlan], study_uid: str, wanted: set[str] | None
+    ) -> None:
+        """Queue the series of one study (all, or the ``wanted`` ones)."""
+        try:
+            records = await self._limited(
+                lambda: self.client.search_series(
+                    self.targets.series_filters,
+                    study_uid=study_uid,
+                    includefield=SERIES_INCLUDEFIELDS,
+                )
+            )
+        except KheopsAsyncError as exc:
+            if _is_fatal(exc):
+                raise
+            self._fail(SeriesFailure(study_uid, "", f"listing the study's series failed: {exc}"))
+            return
+        found = set()
+        for record in records.records:
+            plan = SeriesPlan.from_record(study_uid, record)
+            if not plan.series_uid or (wanted is not None and plan.series_uid not in wanted):
+                continue
+            found.add(plan.series_uid)
+            key = (plan.study_uid, plan.series_uid)
+            if key in self._seen_series:
+                continue
+            self._seen_series.add(key)
+            self.progress.series_total += 1
+            self.report.series_total += 1
+            self.progress.instances_expected += plan.expected_instances or 0
+            await send.send(plan)
+        for series_uid in sorted((wanted or set()) - found):
+            self._fail(SeriesFailure(study_uid, series_uid, "series not found on the server"))
+        if wanted is None and not found and not self.targets.series_filters:
+            self._fail(SeriesFailure(study_uid, "", "study not found on the server (no series)"))
+
+    # -- workers -------------------------------------------------------------------
+
+    async def _worker(self, receive: ObjectReceiveStream[SeriesPlan]) -> None:
+        async with receive:
+            async for plan in receive:
+                state = _SeriesState(plan)
+                try:
+                    await self._series(state)
+                except KheopsAsyncError as exc:
+                    if _is_fatal(exc):
+                        raise
+                    self._fail_series(state, str(exc))
+                else:
+                    self.report.series_completed += 1
+                finally:
+                    self.report.instances.extend(state.failed_parts.values())
+                    self.progress.series_done += 1
+                    self.progress.notify()
+
+    async def _series(self, state: _SeriesState) -> None:
+        """Bring one series to completion (or raise with what is missing)."""
+        if self.dry_run:
+            await self._plan_instances(state)
+            return
+        if self.metadata_only:
+            await self._series_metadata(state)
+            return
+        if not self.force and self._series_may_exist(state.plan):
+            await self._skip_existing(state)
+            if state.plan.expected_instances is not None and state.shortfall() == 0:
+                return
+        try:
+            await retry_call(
+                self.retry,
+                lambda: self._stream_series(state),
+                describe=f"series {state.plan.series_uid}",
+                retryable=_retryable_or_short,
+            )
+        except KheopsAsyncError as exc:
+            if not _retryable_or_short(exc):
+                raise
+            log.info(
+                "series %s: %s; fetching missing instances one by one", state.plan.series_uid, exc
+            )
+            await self._fetch_missing_one_by_one(state, exc)
+
+    async def _stream_series(self, state: _SeriesState) -> None:
+        """One attempt: retrieve the whole series and store every part not yet done."""
+        plan = state.plan
+        async with self.limiter, self.client.retrieve(
+            plan.study_uid, plan.series_uid, transfer_syntax=self.transfer_syntax
+        ) as reader:
+            await self._store_parts(reader, state)
+        if state.shortfall():
+            raise IncompleteSeriesError(
+                f"series {plan.series_uid}: received {len(state.done)} of "
+                f"{plan.expected_instances} instances"
+            )
+
+    async def _store_parts(self, reader: MultipartReader, state: _SeriesState) -> None:
+        async for part in reader:
+            try:
+                received = await receive_part(part, self.partial, self.keywords, self.progress)
+            except InvalidDicomError as exc:
+                self._record_failed_part(state, f"part {part.index}: {exc}")
+                continue
+            self._commit(received, state)
+
+    def _commit(self, received: ReceivedPart, state: _SeriesState) -> None:
+        """Put a received part in its final place, or skip it if it is already there."""
+        values = {**state.plan.known_values, **{k: v for k, v in received.values.items() if v}}
+        sop_uid = values["SOPInstanceUID"]
+        if sop_uid in state.done:
+            received.discard()
+            return
+        final = self.layout.resolve(self.root, values)
+        if not self.force and final.exists():
+            received.discard()
+            record = self._record(values, final, InstanceStatus.SKIPPED, final.stat().st_size)
+        else:
+            received.commit(final, fsync=self.fsync)
+            self.report.bytes_written += received.size
+            record = self._record(values, final, InstanceStatus.WRITTEN, received.size)
+        state.done[sop_uid] = record
+        self.report.instances.append(record)
+        self.progress.instances_done += 1
+        self.progress.notify()
+
+    def _record(
+        self, values: dict[str, str], path: Path, status: InstanceStatus, size: int | None
+    ) -> InstanceRecord:
+        return InstanceRecord(
+            study_uid=values.get("StudyInstanceUID", ""),
+            series_uid=values.get("SeriesInstanceUID", ""),
+            sop_uid=values.get("SOPInstanceUID", ""),
+            patient_id=values.get("PatientID", ""),
+            modality=values.get("Modality", ""),
+            series_date=values.get("SeriesDate", ""),
+            series_time=values.get("SeriesTime", ""),
+            file_size=size,
+            path=str(path),
+            status=status,
+        )
+
+    def _record_failed_part(self, state: _SeriesState, error: str) -> None:
+        plan = state.plan
+        log.warning("series %s: %s (not saved)", plan.series_uid, error)
+        record = InstanceRecord(
+            plan.study_uid,
+            plan.series_uid,
+            "",
+            patient_id=plan.patient_id,
+            modality=plan.modality,
+            status=InstanceStatus.FAILED,
+            error=error,
+        )
+        state.failed_parts.setdefault(error, record)
+
+    # -- resume and repair ---------------------------------------------------------
+
+    def _series_may_exist(self, plan: SeriesPlan) -> bool:
+        """Whether files of this series may already be on disk (else skip the check)."""
+        known = plan.known_values
+        missing = [f for f in self.layout.fields if f != "SOPInstanceUID" and f not in known]
+        if missing:
+            return True
+        directory = self.layout.resolve(self.root, {**known, "SOPInstanceUID": "x"}).parent
+        return directory.exists()
+
+    async def _list_instances(self, plan: SeriesPlan) -> list[DicomRecord]:
+        result = await self._limited(
+            lambda: self.client.search_instances(
+                study_uid=plan.study_uid,
+                series_uid=plan.series_uid,
+                includefield=[f for f in self.layout.fields if f not in plan.known_values],
+            )
+        )
+        return [r for r in result.records if r.sop_uid]
+
+    def _values_from_listing(self, plan: SeriesPlan, record: DicomRecord) -> dict[str, str]:
+        values = dict(plan.known_values)
+        for keyword in (*self.layout.fields, "SOPInstanceUID"):
+            value = record.get_value(keyword)
+            if value is not None and keyword not in values:
+                values[keyword] = str(value)
+        values["SOPInstanceUID"] = record.sop_uid or ""
+        return values
+
+    async def _skip_existing(self, state: _SeriesState) -> None:
+        """Mark instances whose final file exists as skipped, from the instance list."""
+        listing = await self._list_instances(state.plan)
+        if state.plan.expected_instances is None:
+            state.plan = _with_expected(state.plan, len(listing))
+        for record in listing:
+            values = self._values_from_listing(state.plan, record)
+            final = self.layout.resolve(self.root, values)
+            if final.exists() and values["SOPInstanceUID"] not in state.done:
+                entry = self._record(values, final, InstanceStatus.SKIPPED, final.stat().st_size)
+                state.done[values["SOPInstanceUID"]] = entry
+                self.report.instances.append(entry)
+                self.progress.instances_done += 1
+
+    async def _fetch_missing_one_by_one(self, state: _SeriesState, cause: BaseException) -> None:
+        """Last resort for a series that stays short: retrieve each missing instance."""
+        plan = state.plan
+        listing = await self._list_instances(plan)
+        missing = [r.sop_uid for r in listing if r.sop_uid and r.sop_uid not in state.done]
+        for sop_uid in missing:
+
+            async def attempt(sop_uid: str = sop_uid) -> None:
+                async with self.limiter, self.client.retrieve(
+                    plan.study_uid,
+                    plan.series_uid,
+                    sop_uid,
+                    transfer_syntax=self.transfer_syntax,
+                ) as reader:
+                    await self._store_parts(reader, state)
+
+            try:
+                await retry_call(self.retry, attempt, describe=f"instance {sop_uid}")
+            except KheopsAsyncError as exc:
+                if _is_fatal(exc):
+                    raise
+                log.warning("instance %s failed: %s", sop_uid, exc)
+        still_missing = [s for s in missing if s not in state.done]
+        expected = max(plan.expected_instances or 0, len(listing))
+        if still_missing or len(state.done) < expected:
+            raise IncompleteSeriesError(
+                f"series {plan.series_uid} stays incomplete: {len(state.done)} of {expected} "
+                f"instances after retries ({cause}); "
+                f"missing: {', '.join(still_missing) or 'unknown'}"
+            )
+
+    # -- dry run and metadata ------------------------------------------------------
+
+    async def _plan_instances(self, state: _SeriesState) -> None:
+        """Dry run: list the instances that would be written; retrieve no bulk data."""
+        for record in await self._list_instances(state.plan):
+            values = self._values_from_listing(state.plan, record)
+            final = self.layout.resolve(self.root, values)
+            exists = final.exists() and not self.force
+            status = InstanceStatus.SKIPPED if exists else InstanceStatus.PLANNED
+            entry = self._record(values, final, status, final.stat().st_size if exists else None)
+            self.report.instances.append(entry)
+            self.progress.instances_done += 1
+
+    async def _series_metadata(self, state: _SeriesState) -> None:
+        """Save the series' WADO-RS metadata as DICOM JSON (per series or per instance)."""
+        plan = state.plan
+        items = await self._limited(
+            lambda: self.client.retrieve_metadata(plan.study_uid, plan.series_uid)
+        )
+        json_layout = self.layout.with_suffix(".json")
+        for item in items:
+            record = DicomRecord(item)
+            values = {**plan.known_values, **self._header_values(record)}
+            if not values.get("SOPInstanceUID"):
+                continue
+            final = json_layout.resolve(self.root, values)
+            if self.metadata_only == "instance":
+                size = self._write_json(final, item)
+            else:
+                final = final.parent / "series_metadata.json"
+                size = None
+            entry = self._record(values, final, InstanceStatus.METADATA, size)
+            state.done[values["SOPInstanceUID"]] = entry
+            self.report.instances.append(entry)
+        if self.metadata_only == "series" and state.done:
+            first = next(iter(state.done.values()))
+            self._write_json(Path(first.path), items)
+        expected = plan.expected_instances
+        if expected is not None and len(state.done) < expected:
+            raise IncompleteSeriesError(
+                f"series {plan.series_uid}: metadata for {len(state.done)} of {expected} instances"
+            )
+
+    def _header_values(self, record: DicomRecord) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for keyword in self.keywords:
+            value = record.get_value(keyword)
+            if value is not None:
+                values[keyword] = str(value)
+        return values
+
+    def _write_json(self, final: Path, payload: object) -> int:
+        """Write JSON atomically (temporary file, then rename); skip if present."""
+        if final.exists() and not self.force:
+            return final.stat().st_size
+        data = json.dumps(payload, indent=1).encode()
+        temp = self.partial.new_path()
+        temp.write_bytes(data)
+        ReceivedPart(temp, len(data), {}).commit(final, fsync=self.fsync)
+        self.report.bytes_written += len(data)
+        return len(data)
+
+    # -- failures ------------------------------------------------------------------
+
+    def _fail(self, failure: SeriesFailure) -> None:
+        log.error("%s %s: %s", failure.study_uid, failure.series_uid, failure.error)
+        self.report.failures.append(failure)
+        self.progress.failures += 1
+        self.progress.notify()
+
+    def _fail_series(self, state: _SeriesState, error: str) -> None:
+        plan = state.plan
+        self._fail(
+            SeriesFailure(
+                plan.study_uid,
+                plan.series_uid,
+                error,
+                expected=plan.expected_instances,
+                received=len(state.done),
+            )
+        )
+
+
+def _with_expected(plan: SeriesPlan, count: int) -> SeriesPlan:
+    return SeriesPlan(
+        plan.study_uid,
+        plan.series_uid,
+        count,
+        plan.patient_id,
+        plan.modality,
+        plan.series_date,
+        plan.series_time,
+    )
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that doom every series alike (bad token, bad settings): stop the run."""
+    return isinstance(exc, AuthenticationError | ConfigurationError)
+
+
+async def download(
+    client: DicomWebClient,
+    targets: Targets,
+    destination: str | os.PathLike[str],
+    *,
+    concurrency: int | None = None,
+    layout: str | Layout = DEFAULT_LAYOUT,
+    force: bool = False,
+    fsync: bool = False,
+    dry_run: bool = False,
+    metadata_only: MetadataMode | None = None,
+    transfer_syntax: str = "*",
+    retry: RetryPolicy | None = None,
+    progress: DownloadProgress | ProgressCallback | None = None,
+) -> DownloadReport:
+    """Download ``targets`` into ``destination``; return the report of every instance.
+
+    - ``concurrency``: requests in flight at most (default: the client's setting).
+    - ``layout``: path template of each file (default
+      ``{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm``).
+    - ``force``: rewrite files that exist (default: skip them, so reruns resume).
+    - ``fsync``: flush each file to stable storage before its rename.
+    - ``dry_run``: plan and list only; nothing is written, no bulk data retrieved.
+    - ``metadata_only``: save WADO-RS metadata as DICOM JSON instead of instances,
+      one ``series_metadata.json`` per series (``"series"``) or one ``.json`` per
+      instance at the layout's path (``"instance"``).
+    - ``progress``: a :class:`DownloadProgress` to update, or a callback.
+
+    A failing series never stops the others: failures are in ``report.failures``.
+    A bad token (401) or a bad setting stops the run with its exception.
+    """
+    if isinstance(progress, DownloadProgress):
+        tracker = progress
+    else:
+        tracker = DownloadProgress(callback=progress)
+    run = _Download(
+        client,
+        targets,
+        Path(destination),
+        concurrency=concurrency or client.concurrency,
+        layout=layout if isinstance(layout, Layout) else Layout(layout),
+        force=force,
+        fsync=fsync,
+        dry_run=dry_run,
+        metadata_only=metadata_only,
+        transfer_syntax=transfer_syntax,
+        retry=retry or client.retry,
+        progress=tracker,
+    )
+    return await run.run()

@@ -1,0 +1,148 @@
+"""What to download, and its expansion into series with expected instance counts.
+
+Targets are study UIDs, (study, series) pairs, a QIDO query, or a CSV table of
+UIDs (kheops-client's ``--in-file``). Studies expand into their series through a
+QIDO query per study (Kheops has no root ``/series``); each series carries the
+server's ``NumberOfSeriesRelatedInstances`` so the download can be verified.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kheops_async.dicomjson import DicomRecord
+from kheops_async.errors import ConfigurationError
+from kheops_async.uids import validate_uid
+
+__all__ = ["SeriesPlan", "Targets", "read_uid_table"]
+
+SERIES_INCLUDEFIELDS = (
+    "PatientID",
+    "SeriesDate",
+    "SeriesTime",
+    "Modality",
+    "NumberOfSeriesRelatedInstances",
+)
+
+
+@dataclass(frozen=True)
+class SeriesPlan:
+    """One series to download, with what QIDO said about it."""
+
+    study_uid: str
+    series_uid: str
+    expected_instances: int | None = None
+    patient_id: str = ""
+    modality: str = ""
+    series_date: str = ""
+    series_time: str = ""
+
+    @classmethod
+    def from_record(cls, study_uid: str, record: DicomRecord) -> SeriesPlan:
+        """Build from a series-level QIDO record of ``study_uid``."""
+        return cls(
+            study_uid=study_uid,
+            series_uid=record.series_uid or "",
+            expected_instances=record.number_of_series_related_instances,
+            patient_id=record.patient_id or "",
+            modality=record.modality or "",
+            series_date=record.get_str("SeriesDate") or "",
+            series_time=record.get_str("SeriesTime") or "",
+        )
+
+    @property
+    def known_values(self) -> dict[str, str]:
+        """Header values known before retrieval, by keyword (for layouts and reports)."""
+        values = {
+            "StudyInstanceUID": self.study_uid,
+            "SeriesInstanceUID": self.series_uid,
+            "PatientID": self.patient_id,
+            "Modality": self.modality,
+            "SeriesDate": self.series_date,
+            "SeriesTime": self.series_time,
+        }
+        return {k: v for k, v in values.items() if v}
+
+
+@dataclass
+class Targets:
+    """The things to download. Several kinds may be combined; duplicates collapse.
+
+    ``query`` is a mapping of study-level QIDO filters; ``series_filters`` apply to
+    each study's series query (for example ``{"Modality": "CT"}``). ``limit`` and
+    ``offset`` page the study query.
+    """
+
+    studies: list[str] = field(default_factory=list)
+    series: list[tuple[str, str]] = field(default_factory=list)
+    query: Mapping[str, str] | None = None
+    series_filters: Mapping[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.studies = [validate_uid(s, "StudyInstanceUID") for s in self.studies]
+        self.series = [
+            (validate_uid(s, "StudyInstanceUID"), validate_uid(r, "SeriesInstanceUID"))
+            for s, r in self.series
+        ]
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing at all was asked for."""
+        return not self.studies and not self.series and self.query is None
+
+    @classmethod
+    def from_table(cls, path: Path) -> Targets:
+        """Targets from a CSV with a StudyInstanceUID column (and optionally SeriesInstanceUID)."""
+        studies: list[str] = []
+        series: list[tuple[str, str]] = []
+        for study_uid, series_uid in read_uid_table(path):
+            if series_uid:
+                series.append((study_uid, series_uid))
+            else:
+                studies.append(study_uid)
+        return cls(studies=studies, series=series)
+
+
+def read_uid_table(path: Path) -> Iterable[tuple[str, str | None]]:
+    """Rows of (StudyInstanceUID, SeriesInstanceUID or None) from a CSV or TSV file.
+
+    Raises :class:`ConfigurationError` for a missing file, a missing column or a
+    malformed UID (naming the row).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read UID table {path}: {exc.strerror}") from None
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+            text[:4096], delimiters=",;\t"
+        )
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+    study_col = columns.get("studyinstanceuid")
+    series_col = columns.get("seriesinstanceuid")
+    if study_col is None:
+        raise ConfigurationError(f"{path}: no StudyInstanceUID column (found {reader.fieldnames})")
+    rows: list[tuple[str, str | None]] = []
+    for line_number, row in enumerate(reader, start=2):
+        study = (row.get(study_col) or "").strip()
+        if not study:
+            continue
+        series_value = (row.get(series_col) or "").strip() if series_col else ""
+        try:
+            rows.append(
+                (
+                    validate_uid(study, "StudyInstanceUID"),
+                    validate_uid(series_value, "SeriesInstanceUID") if series_value else None,
+                )
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path} line {line_number}: {exc}") from None
+    return rows
