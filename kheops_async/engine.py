@@ -176,6 +176,8 @@ class _Download:
                         if record.study_uid and record.study_uid not in by_study:
                             by_study[record.study_uid] = None
                             group.start_soon(self._plan_study, send, record.study_uid, None)
+        for series_uid in sorted(self.targets.only_series - {s for _, s in self._seen_series}):
+            self._fail(SeriesFailure("", series_uid, "series not found in the given studies"))
         self.progress.planning_done = True
         self.progress.notify()
 
@@ -197,9 +199,12 @@ class _Download:
             self._fail(SeriesFailure(study_uid, "", f"listing the study's series failed: {exc}"))
             return
         found = set()
+        only = self.targets.only_series
         for record in records.records:
             plan = SeriesPlan.from_record(study_uid, record)
             if not plan.series_uid or (wanted is not None and plan.series_uid not in wanted):
+                continue
+            if wanted is None and only and plan.series_uid not in only:
                 continue
             found.add(plan.series_uid)
             key = (plan.study_uid, plan.series_uid)
@@ -212,7 +217,7 @@ class _Download:
             await send.send(plan)
         for series_uid in sorted((wanted or set()) - found):
             self._fail(SeriesFailure(study_uid, series_uid, "series not found on the server"))
-        if wanted is None and not found and not self.targets.series_filters:
+        if wanted is None and not found and not self.targets.series_filters and not only:
             self._fail(SeriesFailure(study_uid, "", "study not found on the server (no series)"))
 
     # -- workers -------------------------------------------------------------------

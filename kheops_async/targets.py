@@ -73,7 +73,8 @@ class Targets:
 
     ``query`` is a mapping of study-level QIDO filters; ``series_filters`` apply to
     each study's series query (for example ``{"Modality": "CT"}``). ``limit`` and
-    ``offset`` page the study query.
+    ``offset`` page the study query. ``only_series`` keeps, among the series of the
+    studies and the query, just those UIDs (when the study of each is not known).
     """
 
     studies: list[str] = field(default_factory=list)
@@ -82,8 +83,10 @@ class Targets:
     series_filters: Mapping[str, str] = field(default_factory=dict)
     limit: int | None = None
     offset: int = 0
+    only_series: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self.only_series = frozenset(validate_uid(s, "SeriesInstanceUID") for s in self.only_series)
         self.studies = [validate_uid(s, "StudyInstanceUID") for s in self.studies]
         self.series = [
             (validate_uid(s, "StudyInstanceUID"), validate_uid(r, "SeriesInstanceUID"))

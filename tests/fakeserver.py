@@ -104,8 +104,8 @@ MAX_DELAY_SECONDS = 30.0
 IO_TIMEOUT_SECONDS = 30.0
 #: How long ``close()`` waits for all threads in total.
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
-#: How often the accept loop checks for shutdown.
-ACCEPT_POLL_SECONDS = 0.05
+#: How often the accept loop checks for shutdown (``close()`` also wakes it at once).
+ACCEPT_POLL_SECONDS = 0.5
 #: After a graceful close, how long the server waits for the client's FIN (lingering close).
 LINGER_SECONDS = 0.2
 #: Binary elements larger than this are given as ``BulkDataURI`` in metadata answers.
@@ -992,6 +992,7 @@ class FakeDicomWebServer:
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._port: int | None = None
         self._connection_count = 0
 
@@ -1016,6 +1017,7 @@ class FakeDicomWebServer:
         listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         listener.setblocking(False)
         self._listener = listener
+        self._wakeup = socket.socketpair()
         self._port = listener.getsockname()[1]
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name=f"fakeserver-accept-{self._port}", daemon=True
@@ -1027,9 +1029,14 @@ class FakeDicomWebServer:
         if self._listener is None or self._stopping.is_set():
             return
         self._stopping.set()
+        assert self._wakeup is not None
+        with contextlib.suppress(OSError):
+            self._wakeup[1].send(b"x")
         if self._accept_thread is not None:
             self._accept_thread.join(SHUTDOWN_TIMEOUT_SECONDS)
         self._listener.close()
+        for end in self._wakeup:
+            end.close()
         with self._lock:
             for conn in self._connections:
                 with contextlib.suppress(OSError):
@@ -1133,10 +1140,13 @@ class FakeDicomWebServer:
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
+        assert self._wakeup is not None
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
+            selector.register(self._wakeup[0], selectors.EVENT_READ)
             while not self._stopping.is_set():
-                if not selector.select(ACCEPT_POLL_SECONDS):
+                ready = selector.select(ACCEPT_POLL_SECONDS)
+                if not any(key.fileobj is self._listener for key, _ in ready):
                     continue
                 try:
                     conn, _ = self._listener.accept()
