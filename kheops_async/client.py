@@ -120,9 +120,8 @@ class DicomWebClient:
         self.album = album
         self.inbox = inbox
         self._owns_http = http_client is None
-        headers = {
-            "User-Agent": user_agent or f"kheops-async/{__version__} httpx/{httpx.__version__}"
-        }
+        self._user_agent = user_agent or f"kheops-async/{__version__} httpx/{httpx.__version__}"
+        headers = {"User-Agent": self._user_agent}
         if http_client is None:
             http_client = httpx.AsyncClient(
                 timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
@@ -211,7 +210,12 @@ class DicomWebClient:
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """GET ``url`` and yield the response with its body unread; errors translated."""
-        request = self._http.build_request("GET", url, params=list(params), headers=headers)
+        request = self._http.build_request(
+            "GET",
+            url,
+            params=list(params),
+            headers={"User-Agent": self._user_agent, **(headers or {})},
+        )
         try:
             response = await self._http.send(
                 request, auth=self._auth or httpx.USE_CLIENT_DEFAULT, stream=True

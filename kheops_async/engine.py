@@ -269,9 +269,12 @@ class _Download:
     async def _stream_series(self, state: _SeriesState) -> None:
         """One attempt: retrieve the whole series and store every part not yet done."""
         plan = state.plan
-        async with self.limiter, self.client.retrieve(
-            plan.study_uid, plan.series_uid, transfer_syntax=self.transfer_syntax
-        ) as reader:
+        async with (
+            self.limiter,
+            self.client.retrieve(
+                plan.study_uid, plan.series_uid, transfer_syntax=self.transfer_syntax
+            ) as reader,
+        ):
             await self._store_parts(reader, state)
         if state.shortfall():
             raise IncompleteSeriesError(
@@ -390,12 +393,15 @@ class _Download:
         for sop_uid in missing:
 
             async def attempt(sop_uid: str = sop_uid) -> None:
-                async with self.limiter, self.client.retrieve(
-                    plan.study_uid,
-                    plan.series_uid,
-                    sop_uid,
-                    transfer_syntax=self.transfer_syntax,
-                ) as reader:
+                async with (
+                    self.limiter,
+                    self.client.retrieve(
+                        plan.study_uid,
+                        plan.series_uid,
+                        sop_uid,
+                        transfer_syntax=self.transfer_syntax,
+                    ) as reader,
+                ):
                     await self._store_parts(reader, state)
 
             try:

@@ -1139,6 +1139,13 @@ class FakeDicomWebServer:
     # ----------------------------------------------------------------- connections
 
     def _accept_loop(self) -> None:
+        try:
+            self._accept_connections()
+        except Exception:
+            with self._lock:
+                self._errors.append(traceback.format_exc())
+
+    def _accept_connections(self) -> None:
         assert self._listener is not None
         assert self._wakeup is not None
         with selectors.DefaultSelector() as selector:
@@ -1159,8 +1166,12 @@ class FakeDicomWebServer:
                 self._spawn(conn)
 
     def _spawn(self, conn: socket.socket) -> None:
-        conn.setblocking(True)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            conn.setblocking(True)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the client already gave up
+            conn.close()
+            return
         self._connection_count += 1  # only the accept thread writes it
         thread = threading.Thread(
             target=self._serve_connection,
@@ -1210,7 +1221,7 @@ class FakeDicomWebServer:
         try:
             if reset:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
+            elif not self._stopping.is_set():
                 conn.shutdown(socket.SHUT_WR)
                 conn.settimeout(LINGER_SECONDS)
                 drained = 0

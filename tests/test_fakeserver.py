@@ -551,6 +551,16 @@ def test_keep_alive_for_non_eof_framings(
     assert len({record.connection for record in server.requests}) == 1
 
 
+def test_pipelined_requests_on_one_connection(server: FakeDicomWebServer) -> None:
+    first = b"GET /api/studies?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    raw = raw_exchange(server.port, first + get_request("/api/studies?offset=9"))
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 204 No Content\r\n" in raw
+    assert raw.endswith(b"\r\n\r\n")
+    assert len({record.connection for record in server.requests}) == 1
+
+
 def test_eof_framing_closes_each_connection(
     make_server: ServerFactory, client: httpx.Client
 ) -> None:
