@@ -34,6 +34,7 @@ from kheops_async.errors import (
     IncompleteSeriesError,
     InvalidDicomError,
     KheopsAsyncError,
+    StorageError,
 )
 from kheops_async.layout import DEFAULT_LAYOUT, Layout
 from kheops_async.report import (
@@ -54,6 +55,9 @@ __all__ = ["DEFAULT_CONCURRENCY", "MetadataMode", "download"]
 log = logging.getLogger("kheops_async")
 
 DEFAULT_CONCURRENCY = 4
+RESUME_ONE_BY_ONE_RATIO = 3
+"""On resume, a series with at most 1 missing instance per 3 present is completed
+instance by instance instead of retrieving the whole series again."""
 """Series retrieved at once by default; see benchmarks/RESULTS.md for the measurement."""
 
 MetadataMode = Literal["series", "instance"]
@@ -127,6 +131,10 @@ class _Download:
                 for _ in range(self.concurrency):
                     group.start_soon(self._worker, receive.clone())
                 receive.close()
+        except Exception as exc:
+            # A fatal error in one task (bad token, disk full) arrives wrapped in an
+            # exception group; the caller gets the error itself.
+            raise _first_fatal(exc) from None
         finally:
             self.report.seconds = time.monotonic() - started
             if not self.dry_run:
@@ -228,6 +236,10 @@ class _Download:
                 state = _SeriesState(plan)
                 try:
                     await self._series(state)
+                except OSError as exc:
+                    raise StorageError(
+                        f"writing to {self.root} failed: {exc.strerror or exc}"
+                    ) from exc
                 except KheopsAsyncError as exc:
                     if _is_fatal(exc):
                         raise
@@ -248,8 +260,12 @@ class _Download:
             await self._series_metadata(state)
             return
         if not self.force and self._series_may_exist(state.plan):
-            await self._skip_existing(state)
-            if state.plan.expected_instances is not None and state.shortfall() == 0:
+            listing = await self._skip_existing(state)
+            if state.shortfall() == 0:
+                return
+            if state.shortfall() * RESUME_ONE_BY_ONE_RATIO <= len(state.done):
+                # Mostly there already (an interrupted run): fetch just the missing ones.
+                await self._fetch_missing_one_by_one(state, None, listing)
                 return
         try:
             await retry_call(
@@ -371,8 +387,8 @@ class _Download:
         values["SOPInstanceUID"] = record.sop_uid or ""
         return values
 
-    async def _skip_existing(self, state: _SeriesState) -> None:
-        """Mark instances whose final file exists as skipped, from the instance list."""
+    async def _skip_existing(self, state: _SeriesState) -> list[DicomRecord]:
+        """Mark instances whose final file exists as skipped; return the instance list."""
         listing = await self._list_instances(state.plan)
         if state.plan.expected_instances is None:
             state.plan = _with_expected(state.plan, len(listing))
@@ -384,11 +400,18 @@ class _Download:
                 state.done[values["SOPInstanceUID"]] = entry
                 self.report.instances.append(entry)
                 self.progress.instances_done += 1
+        return listing
 
-    async def _fetch_missing_one_by_one(self, state: _SeriesState, cause: BaseException) -> None:
-        """Last resort for a series that stays short: retrieve each missing instance."""
+    async def _fetch_missing_one_by_one(
+        self,
+        state: _SeriesState,
+        cause: BaseException | None,
+        listing: list[DicomRecord] | None = None,
+    ) -> None:
+        """Retrieve each missing instance on its own (resume, or a series that stays short)."""
         plan = state.plan
-        listing = await self._list_instances(plan)
+        if listing is None:
+            listing = await self._list_instances(plan)
         missing = [r.sop_uid for r in listing if r.sop_uid and r.sop_uid not in state.done]
         for sop_uid in missing:
 
@@ -415,7 +438,7 @@ class _Download:
         if still_missing or len(state.done) < expected:
             raise IncompleteSeriesError(
                 f"series {plan.series_uid} stays incomplete: {len(state.done)} of {expected} "
-                f"instances after retries ({cause}); "
+                f"instances after retries ({cause or 'instance retrieves failed'}); "
                 f"missing: {', '.join(still_missing) or 'unknown'}"
             )
 
@@ -514,9 +537,22 @@ def _with_expected(plan: SeriesPlan, count: int) -> SeriesPlan:
     )
 
 
+def _first_fatal(exc: Exception) -> Exception:
+    """The first library error inside (possibly nested) exception groups, else ``exc``."""
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        inner = getattr(current, "exceptions", None)
+        if isinstance(inner, tuple):
+            pending.extend(inner)
+        elif isinstance(current, KheopsAsyncError):
+            return current
+    return exc
+
+
 def _is_fatal(exc: BaseException) -> bool:
     """Errors that doom every series alike (bad token, bad settings): stop the run."""
-    return isinstance(exc, AuthenticationError | ConfigurationError)
+    return isinstance(exc, AuthenticationError | ConfigurationError | StorageError)
 
 
 async def download(

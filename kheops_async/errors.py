@@ -20,7 +20,8 @@ credential: URLs are redacted before they reach an exception.
     │   │   └── TruncatedBodyError  the body ended before the closing delimiter
     │   ├── OffsetIgnoredError      paging: the server returned the same page again
     │   └── InvalidDicomError       a part is not a DICOM Part-10 file
-    └── IncompleteSeriesError       fewer instances than the server's count, after retries
+    ├── IncompleteSeriesError       fewer instances than the server's count, after retries
+    └── StorageError                writing to the output directory failed (disk full, ...)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "OffsetIgnoredError",
     "PermissionDeniedError",
     "ProtocolError",
+    "StorageError",
     "TimeoutError_",
     "TransportError",
     "TruncatedBodyError",
@@ -124,3 +126,11 @@ class InvalidDicomError(ProtocolError):
 
 class IncompleteSeriesError(KheopsAsyncError):
     """A series stayed short of the server's instance count after every retry."""
+
+
+class StorageError(KheopsAsyncError):
+    """Writing to the output directory failed (disk full, permission, read-only).
+
+    Stops the run: every other series would fail the same way. Files already
+    complete stay in place; temporary files are removed.
+    """

@@ -63,7 +63,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -701,15 +701,20 @@ class _Response:
 
 
 class _BodyWriter:
-    """Writes content bytes in pieces of ``chunk_size``, as chunks when ``chunked``."""
+    """Writes content bytes in pieces of ``chunk_size``, as chunks when ``chunked``.
+
+    The latest piece is held back until the next one is ready, so that :meth:`finish` can
+    run a callback just before the very last byte leaves (see ``max_in_flight``).
+    """
 
     def __init__(self, sock: socket.socket, *, chunked: bool, chunk_size: int) -> None:
         self._sock = sock
         self._chunked = chunked
         self._chunk_size = max(1, chunk_size)
+        self._held = b""
 
     def write_range(self, segments: Sequence[Segment], begin: int, end: int) -> None:
-        """Send content bytes ``[begin, end)``."""
+        """Send content bytes ``[begin, end)`` (the last piece may still be held back)."""
         buffer = bytearray()
         offset = 0
         for segment in segments:
@@ -724,21 +729,28 @@ class _BodyWriter:
                 buffer += view[:room]
                 view = view[room:]
                 if len(buffer) >= self._chunk_size:
-                    self._emit(buffer)
+                    self._hold(buffer)
                     buffer = bytearray()
         if buffer:
-            self._emit(buffer)
+            self._hold(buffer)
 
-    def finish(self) -> None:
-        """End a chunked stream with the zero-size chunk (no-op otherwise)."""
-        if self._chunked:
-            self._sock.sendall(b"0\r\n\r\n")
+    def flush(self) -> None:
+        """Send the held-back piece."""
+        if self._held:
+            self._sock.sendall(self._held)
+            self._held = b""
 
-    def _emit(self, data: bytearray) -> None:
-        if self._chunked:
-            self._sock.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
-        else:
-            self._sock.sendall(data)
+    def finish(self, before_last_byte: Callable[[], None], *, terminate: bool) -> None:
+        """Call ``before_last_byte``, then send the held-back piece (and the last chunk)."""
+        before_last_byte()
+        last = self._held + (b"0\r\n\r\n" if terminate and self._chunked else b"")
+        self._held = b""
+        if last:
+            self._sock.sendall(last)
+
+    def _hold(self, data: bytearray) -> None:
+        self.flush()
+        self._held = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else bytes(data)
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:
@@ -1125,7 +1137,10 @@ class FakeDicomWebServer:
         """Highest number of requests served at once since start or :meth:`reset_stats`.
 
         A request counts from the moment its head is parsed (before any :class:`Delay`)
-        until its answer is fully sent (or the connection is reset/closed).
+        until its answer is fully sent: the count drops just before the last byte (or the
+        reset) leaves, so once a client has read a whole answer the request no longer
+        counts, and a client that never runs more than N requests at once never shows
+        more than N here.
         """
         with self._lock:
             return self._max_in_flight
@@ -1258,6 +1273,15 @@ class FakeDicomWebServer:
             self._requests.append(record)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        counted = True
+
+        def answered() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                with self._lock:
+                    self._in_flight -= 1
+
         try:
             if isinstance(fault, Delay):
                 self._stopping.wait(min(fault.seconds, MAX_DELAY_SECONDS))
@@ -1265,10 +1289,9 @@ class FakeDicomWebServer:
                     return "close"
             response = self._answer(request, record, split.path, fault)
             record.status = response.status
-            return self._send(conn, request, response, fault)
+            return self._send(conn, request, response, fault, answered)
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            answered()
 
     def _take_fault(self, target: str, decoded_path: str) -> Fault | None:
         with self._lock:
@@ -1676,12 +1699,22 @@ class FakeDicomWebServer:
     def _send_bad_request(self, conn: socket.socket, error: _BadRequest) -> None:
         response = self._plain(error.status, str(error).encode())
         closing = _Request("GET", "/", "HTTP/1.1", [("Connection", "close")])
-        self._send(conn, closing, response, None)
+        self._send(conn, closing, response, None, lambda: None)
 
     def _send(
-        self, conn: socket.socket, request: _Request, response: _Response, fault: Fault | None
+        self,
+        conn: socket.socket,
+        request: _Request,
+        response: _Response,
+        fault: Fault | None,
+        before_last_byte: Callable[[], None],
     ) -> str:
-        """Frame and write ``response``, applying a body fault; return the connection's fate."""
+        """Frame and write ``response``, applying a body fault; return the connection's fate.
+
+        ``before_last_byte`` runs just before the answer's last byte is written (or before
+        the reset/close that ends it), so a client that has the whole answer never sees
+        the request still counted in flight.
+        """
         total = response.content_length
         has_body = response.status not in (204, 304) and response.status >= 200
         cut = total
@@ -1702,28 +1735,33 @@ class FakeDicomWebServer:
                 lines.append("Transfer-Encoding: chunked")
         if not keep_alive:
             lines.append("Connection: close")
-        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if not has_body:
+            before_last_byte()
+            conn.sendall(head)
             if isinstance(fault, ResetAfter):
                 return "reset"
             return "keep" if keep_alive else "close"
+        conn.sendall(head)
 
         writer = _BodyWriter(
             conn, chunked=response.framing == "chunked", chunk_size=response.chunk_size
         )
         if isinstance(fault, StallAfter) and fault.nbytes < cut:
             writer.write_range(response.segments, 0, fault.nbytes)
+            writer.flush()
             self._stopping.wait(min(fault.seconds, MAX_DELAY_SECONDS))
             if self._stopping.is_set():
                 return "close"
             writer.write_range(response.segments, fault.nbytes, cut)
         else:
             writer.write_range(response.segments, 0, cut)
+        broken = isinstance(fault, (ResetAfter, CloseAfter))
+        writer.finish(before_last_byte, terminate=not broken)
         if isinstance(fault, ResetAfter):
             return "reset"
-        if isinstance(fault, CloseAfter):
+        if broken:
             return "close"
-        writer.finish()
         return "keep" if keep_alive else "close"
 
 

@@ -322,3 +322,42 @@ def _run_to_completion(server: OrthancServer, dest: Path) -> Callable[[], int]:
         return done.returncode
 
     return finish
+
+
+async def test_one_missing_file_is_fetched_alone(
+    orthanc_dataset: OrthancDataset, tmp_path: Path
+) -> None:
+    first = orthanc_dataset.instances[0]
+    targets = Targets(series=[(first.study_uid, first.series_uid)])
+    await run(orthanc_dataset, targets, tmp_path)
+    lost = tmp_path / first.study_uid / first.series_uid / f"{first.sop_uid}.dcm"
+    lost.unlink()
+    report = await run(orthanc_dataset, targets, tmp_path)
+    assert report.ok
+    assert [r.sop_uid for r in report.instances if r.status is InstanceStatus.WRITTEN] == [
+        first.sop_uid
+    ]
+    assert lost.read_bytes() == first.data
+
+
+async def test_bad_credentials_stop_the_run_with_the_error_itself(
+    orthanc_basic_auth: OrthancServer, tmp_path: Path
+) -> None:
+    from kheops_async import AuthenticationError
+
+    async with DicomWebClient(
+        orthanc_basic_auth.dicomweb_url, username="alice", password="nope"
+    ) as client:
+        with pytest.raises(AuthenticationError):
+            await download(client, Targets(query={}), tmp_path / "x")
+
+
+async def test_unwritable_destination_is_a_clear_error(
+    orthanc_dataset: OrthancDataset, tmp_path: Path
+) -> None:
+    from kheops_async import ConfigurationError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="cannot write to the output directory"):
+        await run(orthanc_dataset, Targets(query={}), blocker / "sub")
