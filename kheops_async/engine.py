@@ -48,6 +48,7 @@ from kheops_async.report import (
 from kheops_async.retry import RetryPolicy, is_retryable, retry_call
 from kheops_async.streaming import MultipartReader
 from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
+from kheops_async.uids import is_valid_uid
 from kheops_async.writer import REPORT_KEYWORDS, PartialFiles, ReceivedPart, receive_part
 
 __all__ = ["DEFAULT_CONCURRENCY", "MetadataMode", "download"]
@@ -181,7 +182,16 @@ class _Download:
                     async with self.limiter:
                         studies = [record async for record in pager]
                     for record in studies:
-                        if record.study_uid and record.study_uid not in by_study:
+                        if record.study_uid and not is_valid_uid(record.study_uid):
+                            self._fail(
+                                SeriesFailure(
+                                    record.study_uid,
+                                    "",
+                                    "the server listed a malformed StudyInstanceUID; "
+                                    "it is not retrieved",
+                                )
+                            )
+                        elif record.study_uid and record.study_uid not in by_study:
                             by_study[record.study_uid] = None
                             group.start_soon(self._plan_study, send, record.study_uid, None)
         for series_uid in sorted(self.targets.only_series - {s for _, s in self._seen_series}):
@@ -211,6 +221,16 @@ class _Download:
         for record in records.records:
             plan = SeriesPlan.from_record(study_uid, record)
             if not plan.series_uid or (wanted is not None and plan.series_uid not in wanted):
+                continue
+            if not is_valid_uid(plan.series_uid):
+                self._fail(
+                    SeriesFailure(
+                        study_uid,
+                        plan.series_uid,
+                        f"the server listed a malformed SeriesInstanceUID {plan.series_uid!r}; "
+                        "it is not retrieved",
+                    )
+                )
                 continue
             if wanted is None and only and plan.series_uid not in only:
                 continue

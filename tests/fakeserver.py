@@ -73,7 +73,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 __all__ = [
     "CloseAfter",
@@ -92,6 +92,7 @@ __all__ = [
     "Status",
     "TruncateAfter",
     "make_instance",
+    "parse_part10",
 ]
 
 FramingName = Literal["eof", "chunked", "length"]
@@ -358,10 +359,10 @@ def make_instance(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
+        meta.ImplementationClassUID = UID(_IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = "FAKESERVER_1"
         ds = Dataset()
         ds.file_meta = meta
@@ -677,7 +678,7 @@ class _RequestReader:
             remaining -= taken
 
 
-Segment = bytes | memoryview
+Segment = bytes | bytearray | memoryview
 
 
 @dataclass
@@ -700,21 +701,35 @@ class _Response:
         return sum(len(segment) for segment in self.segments)
 
 
+def _send_buffers(sock: socket.socket, buffers: Sequence[Segment]) -> None:
+    """``sendall`` for several buffers at once, without joining them."""
+    views = [memoryview(buffer) for buffer in buffers if len(buffer)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
+
+
 class _BodyWriter:
     """Writes content bytes in pieces of ``chunk_size``, as chunks when ``chunked``.
 
-    The latest piece is held back until the next one is ready, so that :meth:`finish` can
-    run a callback just before the very last byte leaves (see ``max_in_flight``).
+    Large segments are sent as slices, without copying; small ones are gathered. The
+    latest piece is held back until the next one is ready, so that :meth:`finish` can run
+    a callback just before the very last byte leaves (see ``max_in_flight``).
     """
 
     def __init__(self, sock: socket.socket, *, chunked: bool, chunk_size: int) -> None:
         self._sock = sock
         self._chunked = chunked
         self._chunk_size = max(1, chunk_size)
-        self._held = b""
+        self._held: list[Segment] = []
 
     def write_range(self, segments: Sequence[Segment], begin: int, end: int) -> None:
         """Send content bytes ``[begin, end)`` (the last piece may still be held back)."""
+        size = self._chunk_size
         buffer = bytearray()
         offset = 0
         for segment in segments:
@@ -725,10 +740,14 @@ class _BodyWriter:
                 break
             view = memoryview(segment)[max(begin - start, 0) : min(end, offset) - start]
             while view:
-                room = self._chunk_size - len(buffer)
+                if not buffer and len(view) >= size:
+                    self._hold(view[:size])
+                    view = view[size:]
+                    continue
+                room = size - len(buffer)
                 buffer += view[:room]
                 view = view[room:]
-                if len(buffer) >= self._chunk_size:
+                if len(buffer) >= size:
                     self._hold(buffer)
                     buffer = bytearray()
         if buffer:
@@ -736,25 +755,25 @@ class _BodyWriter:
 
     def flush(self) -> None:
         """Send the held-back piece."""
-        if self._held:
-            self._sock.sendall(self._held)
-            self._held = b""
+        held, self._held = self._held, []
+        _send_buffers(self._sock, held)
 
     def finish(self, before_last_byte: Callable[[], None], *, terminate: bool) -> None:
         """Call ``before_last_byte``, then send the held-back piece (and the last chunk)."""
         before_last_byte()
-        last = self._held + (b"0\r\n\r\n" if terminate and self._chunked else b"")
-        self._held = b""
-        if last:
-            self._sock.sendall(last)
-
-    def _hold(self, data: bytearray) -> None:
+        if terminate and self._chunked:
+            self._held.append(b"0\r\n\r\n")
         self.flush()
-        self._held = b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else bytes(data)
+
+    def _hold(self, data: Segment) -> None:
+        self.flush()
+        self._held = [b"%x\r\n" % len(data), data, b"\r\n"] if self._chunked else [data]
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:
-    items, current, quoted = [], [], False
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in text:
         if char == '"':
             quoted = not quoted
@@ -936,8 +955,9 @@ class FakeDicomWebServer:
             serves everyone (and still records each ``Authorization`` header).
         forbidden_albums: ``album=<id>`` values answered with 403 (an album token asking
             for another album).
-        max_results: server cap on QIDO answers (``None``: no cap, like Kheops); truncation
-            adds the ``Warning`` header.
+        max_results: server cap on QIDO answers (``None``: no cap, like Kheops). When the cap
+            (not the client's ``limit``) cut the answer short, a ``Warning`` header says
+            ``There are N additional results``, N counting every match after this page.
         ignore_offset: answer the first page whatever ``offset`` says (a broken server).
         series_count_override: ``series_uid -> count`` to lie about
             NumberOfSeriesRelatedInstances (0020,1209) in series-level QIDO.

@@ -134,7 +134,7 @@ def split_multipart(body: bytes, content_type: str) -> tuple[list[Part], bool]:
     position = 0 if body.startswith(dash) else body.find(b"\r\n" + dash) + 2
     assert position >= 0, "no first delimiter"
     position += len(dash)
-    parts = []
+    parts: list[Part] = []
     while True:
         if body[position : position + 2] == b"--":
             return parts, True

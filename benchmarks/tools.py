@@ -1,0 +1,266 @@
+"""How each tool is run and measured: one subprocess per run, its resources from ``wait4``.
+
+Every run is a fresh child process of the harness, so ``os.wait4`` gives exactly that
+tool's CPU time (user + sys, including its own children, e.g. the ``curl`` processes of
+``xargs``) and its peak resident set (``ru_maxrss``, the largest of the process and its
+reaped children). Wall time is from ``Popen`` to ``wait4``, interpreter start-up included:
+that is what a user of the command waits for.
+
+Tools:
+
+* ``curl`` (sequential): one ``curl`` process, one request per series, each body to a
+  file, nothing parsed. The wire limit.
+* ``curl xargs -P N``: the same requests, ``N`` ``curl`` processes at a time.
+* ``dicomweb-client``: ``benchmarks/dwc_runner.py`` (``iter_series`` + ``ds.save_as``).
+* ``kheops-async -j N``: the ``kheops-async download studies`` command, or, while that
+  command does not exist yet, ``benchmarks/ka_library_runner.py`` (the library's
+  ``download()``, same arguments).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.datasets import Case
+
+__all__ = [
+    "ACCEPT",
+    "RunResult",
+    "Tool",
+    "cpu_busy_seconds",
+    "curl_parallel",
+    "curl_sequential",
+    "dicomweb_client",
+    "kheops_async",
+    "kheops_async_command",
+    "run_measured",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent
+ACCEPT = 'Accept: multipart/related; type="application/dicom"; transfer-syntax=*'
+PART_OVERHEAD_BYTES = 400
+"""Most multipart framing bytes per part (delimiter line and three part headers)."""
+
+
+@dataclass
+class RunResult:
+    """One measured run of one tool on one case."""
+
+    tool: str
+    case: str
+    run: int
+    wall_s: float
+    user_s: float
+    sys_s: float
+    max_rss_mb: float
+    returncode: int
+    files: int
+    bytes_on_disk: int
+    verified: bool
+    problem: str = ""
+    others_cpu_s: float = 0.0
+    loadavg_1m: float = 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+@dataclass
+class Tool:
+    """A way of downloading a case into a directory, and how to check what it wrote."""
+
+    name: str
+    kind: str  # "curl-seq", "curl-par", "dwc", "ka"
+    concurrency: int = 1
+    command_label: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def argv(self, case: Case, url: str, out_dir: Path, workdir: Path) -> list[str]:
+        """The command line of one run (writing any file it needs into ``workdir``)."""
+        if self.kind == "curl-seq":
+            config = workdir / f"curl-{case.name}.cfg"
+            lines = []
+            for series in case.series:
+                lines.append(f'url = "{_series_url(url, series.study_uid, series.series_uid)}"')
+                lines.append(f'output = "{out_dir / series.series_uid}.multipart"')
+            config.write_text("\n".join(lines) + "\n")
+            return ["curl", "-sS", "--fail", "-H", ACCEPT, "-K", str(config)]
+        if self.kind == "curl-par":
+            listing = workdir / f"xargs-{case.name}.txt"
+            listing.write_text(
+                "".join(
+                    f"{out_dir / s.series_uid}.multipart "
+                    f"{_series_url(url, s.study_uid, s.series_uid)}\n"
+                    for s in case.series
+                )
+            )
+            return [
+                "xargs",
+                "-a",
+                str(listing),
+                "-P",
+                str(self.concurrency),
+                "-n",
+                "2",
+                "curl",
+                "-sS",
+                "--fail",
+                "-H",
+                ACCEPT,
+                "-o",
+            ]
+        if self.kind == "dwc":
+            runner = BENCH_DIR / "dwc_runner.py"
+            return [
+                sys.executable,
+                str(runner),
+                "--url",
+                url,
+                "--out-dir",
+                str(out_dir),
+                *case.studies,
+            ]
+        if self.kind == "ka":
+            return [
+                *kheops_async_command(),
+                "--url",
+                url,
+                "--out-dir",
+                str(out_dir),
+                "-j",
+                str(self.concurrency),
+                *case.studies,
+            ]
+        raise ValueError(f"unknown tool kind {self.kind!r}")
+
+    def verify(self, case: Case, out_dir: Path) -> tuple[int, int, bool, str]:
+        """``(files, bytes, ok, problem)`` for what a run left in ``out_dir``."""
+        suffix = ".multipart" if self.kind.startswith("curl") else ".dcm"
+        sizes = [
+            p.stat().st_size
+            for p in out_dir.rglob(f"*{suffix}")
+            if p.is_file() and ".kheops-partial" not in p.parts
+        ]
+        files, total = len(sizes), sum(sizes)
+        if self.kind.startswith("curl"):
+            expected = len(case.series)
+            upper = case.payload_bytes + PART_OVERHEAD_BYTES * case.instances + 200 * expected
+            if files != expected:
+                return files, total, False, f"{files} bodies, expected {expected}"
+            if not case.payload_bytes < total <= upper:
+                return files, total, False, f"{total} bytes of bodies, payload {case.payload_bytes}"
+            return files, total, True, ""
+        if files != case.instances:
+            return files, total, False, f"{files} files, expected {case.instances}"
+        if self.kind == "ka" and total != case.payload_bytes:
+            return files, total, False, f"{total} bytes, expected {case.payload_bytes}"
+        return files, total, True, ""
+
+
+def _series_url(base: str, study_uid: str, series_uid: str) -> str:
+    return f"{base}/studies/{study_uid}/series/{series_uid}"
+
+
+@functools.cache
+def kheops_async_command() -> list[str]:
+    """``kheops-async download studies`` if that command works, else the library runner."""
+    script = Path(sys.executable).parent / "kheops-async"
+    if script.exists():
+        command = [str(script), "download", "studies"]
+        check = subprocess.run([*command, "--help"], capture_output=True, check=False)
+        if check.returncode == 0 and b"--out-dir" in check.stdout:
+            return command
+    return [sys.executable, str(BENCH_DIR / "ka_library_runner.py")]
+
+
+def curl_sequential() -> Tool:
+    return Tool("curl", "curl-seq", 1, "curl -K list (one request per series, sequential)")
+
+
+def curl_parallel(concurrency: int) -> Tool:
+    return Tool(
+        f"curl xargs -P {concurrency}",
+        "curl-par",
+        concurrency,
+        f"xargs -P {concurrency} -n 2 curl -o FILE URL",
+    )
+
+
+def dicomweb_client() -> Tool:
+    return Tool("dicomweb-client", "dwc", 1, "dwc_runner.py: iter_series + ds.save_as")
+
+
+def kheops_async(concurrency: int) -> Tool:
+    if kheops_async_command()[0].endswith("kheops-async"):
+        label = "kheops-async download studies (the CLI)"
+    else:
+        label = "ka_library_runner.py (library download(); the CLI does not exist yet)"
+    return Tool(f"kheops-async -j {concurrency}", "ka", concurrency, label)
+
+
+def cpu_busy_seconds() -> float:
+    """CPU-seconds spent not idle by the whole machine since boot (all cores)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()[1:]
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(
+    argv: list[str], log_path: Path, *, timeout: float
+) -> tuple[float, float, float, float, int, float]:
+    """Run ``argv`` as a child; return wall, user, sys, peak RSS (MB), exit code, others' CPU.
+
+    The child gets its own session; past ``timeout`` seconds its process group is killed
+    (exit code -9). ``others`` is CPU time the rest of the machine used meanwhile (Orthanc,
+    the proxy, other users), from ``/proc/stat``.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"$ {' '.join(argv)}\n".encode())
+        log.flush()
+        busy_before = cpu_busy_seconds()
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timer = threading.Timer(timeout, _kill_group, (process.pid,))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        busy = cpu_busy_seconds() - busy_before
+    process.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    others = max(0.0, busy - cpu)
+    return wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, others
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def clear_directory(path: Path) -> None:
+    """Remove ``path`` and everything below it, then create it empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)

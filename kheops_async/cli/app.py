@@ -1,0 +1,276 @@
+"""The ``kheops-async`` commands: ``list studies|series|instances``, ``download studies|series``.
+
+This module only wires click to the jobs (:mod:`~kheops_async.cli.listing`,
+:mod:`~kheops_async.cli.downloading`): it turns the parsed options into settings and
+a selection, and runs the job at the edge (:func:`~kheops_async.cli.runner.run_command`).
+:class:`KheopsGroup` makes usage errors one ``error:`` line, like every other error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+from click.core import ParameterSource
+
+from kheops_async._version import __version__
+from kheops_async.cli.downloading import DownloadJob
+from kheops_async.cli.exit_codes import ExitCode
+from kheops_async.cli.listing import ListJob
+from kheops_async.cli.options import (
+    QUIET_KEY,
+    VERBOSITY_KEY,
+    download_options,
+    list_options,
+    verbosity_options,
+)
+from kheops_async.cli.runner import echo_error, run_command
+from kheops_async.cli.selection import Level, Selection
+from kheops_async.cli.settings import ConnectionSettings, OutputSettings
+from kheops_async.engine import MetadataMode
+from kheops_async.errors import ConfigurationError
+from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT
+
+__all__ = ["KheopsGroup", "main"]
+
+EPILOG = """\b
+Exit status: 0 ok; 1 download incomplete (failures listed); 2 usage or bad input
+(option, URL, UID, filter, --in-file, output directory); 3 authentication or
+permission refused (401/403: check the token); 4 server, network or protocol error;
+70 internal error; 130 interrupted.
+
+\b
+Environment: KHEOPS_URL, KHEOPS_TOKEN (or ACCESS_TOKEN), KHEOPS_USER, KHEOPS_PASSWORD.
+Secrets given as variables stay out of 'ps' and of the shell history.
+"""
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class KheopsGroup(click.Group):
+    """The root group: returns (or exits with) an :class:`ExitCode`; usage errors on one line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; ``standalone_mode=False`` returns the exit status."""
+        try:
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+            code = int(result) if isinstance(result, int) else int(ExitCode.OK)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except click.ClickException as exc:
+            code = _usage_error(exc)
+        except click.exceptions.Abort:
+            echo_error("interrupted")
+            code = ExitCode.INTERRUPTED
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _usage_error(exc: click.ClickException) -> int:
+    message = exc.format_message()
+    context = getattr(exc, "ctx", None)
+    if isinstance(context, click.Context):
+        message += f" (see '{context.command_path} --help')"
+    echo_error(message)
+    return ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+
+
+# -- settings from options -------------------------------------------------------------
+
+
+def _connection(ctx: click.Context, options: dict[str, Any]) -> ConnectionSettings:
+    token, password = options["token"], options["password"]
+    if token and password and ctx.get_parameter_source("token") is ParameterSource.ENVIRONMENT:
+        raise click.UsageError(
+            "a token is set in KHEOPS_TOKEN or ACCESS_TOKEN and a --password was given: "
+            "unset the variable, or drop --password",
+            ctx,
+        )
+    return ConnectionSettings(
+        url=options["url"],
+        token=token,
+        user=options["user"],
+        password=password,
+        basic_token=options["basic_token"],
+        album=options["album"],
+        inbox=options["inbox"],
+        ca_bundle=Path(options["ca_bundle"]) if options["ca_bundle"] else None,
+        insecure=options["insecure"],
+        timeout=options["timeout"],
+        retries=options["retries"],
+        concurrency=options["concurrency"],
+    )
+
+
+def _output(ctx: click.Context, options: dict[str, Any]) -> OutputSettings:
+    return OutputSettings(
+        out_dir=Path(options["out_dir"]),
+        dry_run=options["dry_run"],
+        verbosity=int(ctx.meta.get(VERBOSITY_KEY, 0)),
+        quiet=bool(ctx.meta.get(QUIET_KEY, False)),
+    )
+
+
+def _selection(ctx: click.Context, options: dict[str, Any], *, series_level: bool) -> Selection:
+    try:
+        return Selection.build(
+            study_uids=list(dict.fromkeys(options["study_uids"])),
+            series_uids=list(dict.fromkeys(options["series_uids"])),
+            filters=options["search_filters"],
+            series_level=series_level,
+            fuzzy=options["fuzzy"],
+            limit=options["limit"],
+            offset=options["offset"],
+            in_file=Path(options["in_file"]) if options["in_file"] else None,
+        )
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+
+
+def _run_list(ctx: click.Context, level: Level, options: dict[str, Any]) -> ExitCode:
+    connection = _connection(ctx, options)
+    output = _output(ctx, options)
+    job = ListJob(
+        level=level,
+        selection=_selection(ctx, options, series_level=level != "studies"),
+        output=output,
+        output_format=options["output_format"],
+        concurrency=connection.concurrency,
+    )
+    return run_command(connection, output, job.run)
+
+
+def _metadata_mode(options: dict[str, Any]) -> MetadataMode | None:
+    if options["meta_only_per_instance"]:
+        return "instance"
+    return "series" if options["meta_only"] else None
+
+
+def _layout(ctx: click.Context, options: dict[str, Any]) -> str:
+    if options["kheops_client_layout"]:
+        if options["layout"]:
+            raise click.UsageError("give --layout or --kheops-client-layout, not both", ctx)
+        return KHEOPS_CLIENT_LAYOUT
+    return str(options["layout"] or DEFAULT_LAYOUT)
+
+
+def _run_download(
+    ctx: click.Context, kind: Literal["studies", "series"], options: dict[str, Any]
+) -> ExitCode:
+    connection = _connection(ctx, options)
+    output = _output(ctx, options)
+    job = DownloadJob(
+        kind=kind,
+        selection=_selection(ctx, options, series_level=kind == "series"),
+        output=output,
+        concurrency=connection.concurrency,
+        layout=_layout(ctx, options),
+        force=options["force"],
+        fsync=options["fsync"],
+        metadata_only=_metadata_mode(options),
+        transfer_syntax=options["transfer_syntax"],
+        progress_interval=options["progress_interval"],
+    )
+    return run_command(connection, output, job.run)
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+@click.group(cls=KheopsGroup, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.version_option(__version__, "-V", "--version", prog_name="kheops-async")
+@verbosity_options
+def main() -> None:
+    """Query and download DICOM data from Kheops or any DICOMweb server.
+
+    \b
+    kheops-async list studies --url URL            # table of the studies
+    kheops-async list series --search-filter Modality CT
+    kheops-async download studies --study-uid UID  # into ./downloads
+    """
+
+
+@main.group("list", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@verbosity_options
+def list_group() -> None:
+    """List studies, series or instances: print a table and save it as CSV in --out-dir."""
+
+
+@list_group.command("studies", epilog=EPILOG)
+@list_options
+@click.pass_context
+def list_studies(ctx: click.Context, **options: Any) -> ExitCode:
+    """List studies (available_studies_<timestamp>.csv).
+
+    Study-level filters (PatientID, StudyDate, ...) and Modality (as ModalitiesInStudy).
+    """
+    return _run_list(ctx, "studies", options)
+
+
+@list_group.command("series", epilog=EPILOG)
+@list_options
+@click.pass_context
+def list_series(ctx: click.Context, **options: Any) -> ExitCode:
+    """List series (available_series_<timestamp>.csv).
+
+    Without --study-uid, the series of every matching study, queried concurrently.
+    """
+    return _run_list(ctx, "series", options)
+
+
+@list_group.command("instances", epilog=EPILOG)
+@list_options
+@click.pass_context
+def list_instances(ctx: click.Context, **options: Any) -> ExitCode:
+    """List instances (available_instances_<timestamp>.csv) of the matching series."""
+    return _run_list(ctx, "instances", options)
+
+
+@main.group("download", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@verbosity_options
+def download_group() -> None:
+    """Download studies or series into --out-dir, resuming where a previous run stopped."""
+
+
+@download_group.command("studies", epilog=EPILOG)
+@download_options
+@click.pass_context
+def download_studies(ctx: click.Context, **options: Any) -> ExitCode:
+    """Download whole studies (table: downloaded_study_instances_<timestamp>.csv).
+
+    The studies are --study-uid, --in-file, or those the study query finds
+    (--search-filter, --limit, --offset).
+    """
+    return _run_download(ctx, "studies", options)
+
+
+@download_group.command("series", epilog=EPILOG)
+@download_options
+@click.pass_context
+def download_series(ctx: click.Context, **options: Any) -> ExitCode:
+    """Download series (table: downloaded_series_instances_<timestamp>.csv).
+
+    --study-uid with --series-uid downloads those series; --study-uid alone every series
+    of the study; series-level filters (Modality, SeriesDescription, ...) narrow them.
+    """
+    return _run_download(ctx, "series", options)

@@ -1,0 +1,80 @@
+"""``kheops-async list studies|series|instances``: query, print, save the table.
+
+The table goes to stdout (readable, or CSV/JSON with ``--format``) and, unless
+``--dry-run``, to ``available_<level>_<timestamp>.csv`` in the output directory, as
+kheops-client did. A list the server cut short, or explicit UIDs that matched
+nothing, give a ``warning:`` line on stderr even at the default verbosity.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import click
+
+from kheops_async.cli.exit_codes import ExitCode
+from kheops_async.cli.logging_setup import CliLogHandler
+from kheops_async.cli.selection import Finder, Level, Selection
+from kheops_async.cli.settings import OutputSettings
+from kheops_async.cli.tables import (
+    OutputFormat,
+    Table,
+    instance_table,
+    render,
+    series_table,
+    study_table,
+    timestamp,
+    write_csv_file,
+)
+from kheops_async.client import DicomWebClient
+
+__all__ = ["ListJob"]
+
+log = logging.getLogger("kheops_async.cli")
+
+
+@dataclass(frozen=True)
+class ListJob:
+    """One ``list`` run: what to list, how to select it, where the table goes."""
+
+    level: Level
+    selection: Selection
+    output: OutputSettings
+    output_format: OutputFormat = "table"
+    concurrency: int = 4
+
+    async def run(self, client: DicomWebClient, handler: CliLogHandler) -> ExitCode:
+        """Query, print and save; return the exit status."""
+        if not self.output.dry_run:
+            self.output.prepare_out_dir()
+        finder = Finder(client, self.selection, level=self.level, concurrency=self.concurrency)
+        table = await self._table(finder, client)
+        click.echo(render(table, self.output_format), nl=False)
+        self._warn(finder)
+        if not self.output.dry_run:
+            path = write_csv_file(table, self.output.out_dir, timestamp())
+            if not self.output.quiet:
+                click.echo(f"saved {len(table)} {table.noun} to {path}", err=True)
+        return ExitCode.OK
+
+    async def _table(self, finder: Finder, client: DicomWebClient) -> Table:
+        log.info("listing %s from %s", self.level, client.safe(client.base_url))
+        if self.level == "studies":
+            return study_table(await finder.studies())
+        if self.level == "series":
+            return series_table(await finder.series(), safe=client.safe)
+        return instance_table(await finder.instances(), safe=client.safe)
+
+    def _warn(self, finder: Finder) -> None:
+        """Warnings that must be seen even without ``-v`` (and with ``--quiet``)."""
+        for what in finder.not_found:
+            click.echo(f"warning: {what} not found (or it does not match the filters)", err=True)
+        if finder.incomplete:
+            count = len(finder.incomplete)
+            queries = "query was" if count == 1 else "queries were"
+            click.echo(
+                f"warning: the list is incomplete: {count} {queries} cut short by the server "
+                "(narrow the query with --search-filter, or page with --limit/--offset)",
+                err=True,
+            )

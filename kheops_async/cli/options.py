@@ -1,0 +1,390 @@
+"""The options the commands share, and the parameter types that validate them.
+
+Option names follow kheops-client (``--url``, ``--token``, ``--out-dir``,
+``--study-uid``, ``--series-uid``, ``--search-filter KEY VALUE``, ``--fuzzy``,
+``--limit``, ``--offset``, ``--forced``, ``--dry-run``, ``--meta-only``, ``-v``);
+its short forms (``-u -t -x -y -o -f -m -d -v``) work too. Validation happens here,
+while parsing (``click.BadParameter``), so a bad UID or filter key is reported before
+any request.
+
+Secrets: ``--token`` falls back to ``KHEOPS_TOKEN`` then ``ACCESS_TOKEN`` (the variable
+kheops-client read), ``--password`` to ``KHEOPS_PASSWORD``. Prefer the variables: a
+secret on the command line is visible to every user of the machine in ``ps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from kheops_async.dicomjson import tag_hex
+from kheops_async.engine import DEFAULT_CONCURRENCY
+from kheops_async.errors import ConfigurationError
+from kheops_async.layout import Layout
+from kheops_async.retry import RetryPolicy
+from kheops_async.uids import validate_uid
+
+__all__ = [
+    "QUIET_KEY",
+    "VERBOSITY_KEY",
+    "TransferSyntaxType",
+    "UidType",
+    "connection_options",
+    "download_options",
+    "list_options",
+    "output_options",
+    "selection_options",
+    "verbosity_options",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+VERBOSITY_KEY = "kheops_async.verbosity"
+QUIET_KEY = "kheops_async.quiet"
+MAX_CONCURRENCY = 64
+
+
+class UidType(click.ParamType):
+    """A DICOM UID (digits and dots, at most 64 characters)."""
+
+    name = "uid"
+
+    def __init__(self, what: str = "UID") -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return validate_uid(str(value), self.what)
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class TransferSyntaxType(click.ParamType):
+    """``*`` (as stored, the default) or a transfer syntax UID to transcode to."""
+
+    name = "uid|*"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if text == "*":
+            return text
+        try:
+            return validate_uid(text, "transfer syntax UID")
+        except ConfigurationError as exc:
+            self.fail(f"{exc}, or '*' for the data as stored", param, ctx)
+
+
+def _check_filters(
+    ctx: click.Context, param: click.Parameter, value: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """Each key must be a DICOM keyword or tag, and given once."""
+    seen: dict[str, str] = {}
+    checked: list[tuple[str, str]] = []
+    for key, text in value:
+        key = key.strip()
+        try:
+            tag = tag_hex(key)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        if tag in seen:
+            raise click.BadParameter(
+                f"{key} is given twice (the filters are combined with AND); to match "
+                f"several values give one, separated by backslashes, e.g. 'CT\\MR'",
+                ctx,
+                param,
+            )
+        seen[tag] = key
+        checked.append((key, text))
+    return tuple(checked)
+
+
+def _check_layout(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return Layout(value).template
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _add_verbosity(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """Sum ``-v`` over every level (``kheops-async -v list studies -v`` is ``-vv``)."""
+    ctx.meta[VERBOSITY_KEY] = ctx.meta.get(VERBOSITY_KEY, 0) + (value or 0)
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta[QUIET_KEY] = bool(ctx.meta.get(QUIET_KEY)) or value
+
+
+def _apply(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def verbosity_options(function: F) -> F:
+    """``-v``/``--verbose``/``--verbosity`` (counted) and ``-q``/``--quiet``."""
+    return _apply(
+        click.option(
+            "-v",
+            "--verbose",
+            "--verbosity",
+            count=True,
+            expose_value=False,
+            callback=_add_verbosity,
+            help="More output: -v progress per series and info, -vv debug, "
+            "-vvv also HTTP traffic and tracebacks.",
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_quiet,
+            help="Only errors (and warnings about incomplete results) on stderr.",
+        ),
+    )(function)
+
+
+def connection_options(function: F) -> F:
+    """Server, credentials, TLS, timeouts, retries and concurrency."""
+    return _apply(
+        click.option(
+            "-u",
+            "--url",
+            envvar="KHEOPS_URL",
+            show_envvar=True,
+            required=True,
+            metavar="URL",
+            help="DICOMweb root (https://host/api for Kheops, http://host:8042/dicom-web "
+            "for Orthanc), or a Kheops link URL https://host/api/link/<token>/ "
+            "(it carries the token).",
+        ),
+        click.option(
+            "-t",
+            "--token",
+            envvar=["KHEOPS_TOKEN", "ACCESS_TOKEN"],
+            show_envvar=True,
+            metavar="TOKEN",
+            help="Access token, sent as 'Authorization: Bearer'. Prefer the environment "
+            "variable: a token on the command line is visible to other users in 'ps'.",
+        ),
+        click.option(
+            "--basic-token",
+            is_flag=True,
+            help="Send the token as the HTTP Basic password instead of Bearer (Kheops "
+            "accepts both; the user name is --user or 'kheops').",
+        ),
+        click.option(
+            "--user",
+            envvar="KHEOPS_USER",
+            show_envvar=True,
+            metavar="NAME",
+            help="HTTP Basic user name (e.g. Orthanc's RegisteredUsers).",
+        ),
+        click.option(
+            "--password",
+            envvar="KHEOPS_PASSWORD",
+            show_envvar=True,
+            metavar="PASSWORD",
+            help="HTTP Basic password. Prefer the environment variable (see --token).",
+        ),
+        click.option("--album", metavar="ID", help="Kheops: only this album."),
+        click.option("--inbox", is_flag=True, help="Kheops: only the inbox."),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(exists=True, dir_okay=False, path_type=None),
+            metavar="PATH",
+            help="PEM file of the CA certificates to trust (TLS verification is on by "
+            "default, with the system's CAs).",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="Do not verify the server's TLS certificate (testing only).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            metavar="SECONDS",
+            help="Network timeout (connect, and between two chunks). "
+            "[default: connect 15, read 120]",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(min=0, max=20),
+            default=RetryPolicy().attempts - 1,
+            show_default=True,
+            help="Retries of a failed request (connection errors, 429, 5xx), with backoff.",
+        ),
+        click.option(
+            "-j",
+            "--concurrency",
+            type=click.IntRange(min=1, max=MAX_CONCURRENCY),
+            default=DEFAULT_CONCURRENCY,
+            show_default=True,
+            help="Requests in flight at most (series downloaded at once).",
+        ),
+    )(function)
+
+
+def selection_options(function: F) -> F:
+    """UIDs, search filters, paging and the UID table (kheops-client's search options)."""
+    return _apply(
+        click.option(
+            "-x",
+            "--study-uid",
+            "study_uids",
+            multiple=True,
+            type=UidType("StudyInstanceUID"),
+            help="StudyInstanceUID; repeat for several.",
+        ),
+        click.option(
+            "-y",
+            "--series-uid",
+            "series_uids",
+            multiple=True,
+            type=UidType("SeriesInstanceUID"),
+            help="SeriesInstanceUID; repeat for several (series commands only).",
+        ),
+        click.option(
+            "--search-filter",
+            "search_filters",
+            nargs=2,
+            multiple=True,
+            metavar="KEY VALUE",
+            callback=_check_filters,
+            help="QIDO filter, a DICOM keyword or tag and a value ('*' wildcards, date "
+            "ranges such as 20240101-20241231); repeat to combine (AND). Study-level keys "
+            "select studies, others each study's series; Modality does both.",
+        ),
+        click.option("--fuzzy", is_flag=True, help="Ask the server for fuzzy matching of names."),
+        click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            help="At most this many results of the study query (of the listed level when "
+            "its parent UIDs are given).",
+        ),
+        click.option(
+            "--offset",
+            type=click.IntRange(min=0),
+            default=0,
+            help="Skip this many results first (same query as --limit).",
+        ),
+        click.option(
+            "--in-file",
+            type=click.Path(exists=True, dir_okay=False),
+            metavar="CSV",
+            help="Table of UIDs (CSV/TSV with a StudyInstanceUID column and optionally "
+            "SeriesInstanceUID), e.g. a table saved by 'list'.",
+        ),
+    )(function)
+
+
+def output_options(function: F) -> F:
+    """Output directory and dry run."""
+    return _apply(
+        click.option(
+            "-o",
+            "--out-dir",
+            type=click.Path(file_okay=False),
+            default="./downloads",
+            show_default=True,
+            help="Where files and tables go.",
+        ),
+        click.option(
+            "-d",
+            "--dry-run",
+            "--dry",
+            "dry_run",
+            is_flag=True,
+            help="Show what would be done; write nothing (no table, no directory) and "
+            "download no bulk data.",
+        ),
+    )(function)
+
+
+def list_options(function: F) -> F:
+    """Everything a ``list`` command takes."""
+    return _apply(
+        connection_options,
+        selection_options,
+        output_options,
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["table", "csv", "json"]),
+            default="table",
+            show_default=True,
+            help="What stdout shows; the CSV file is saved in --out-dir either way.",
+        ),
+        verbosity_options,
+    )(function)
+
+
+def download_options(function: F) -> F:
+    """Everything a ``download`` command takes."""
+    return _apply(
+        connection_options,
+        selection_options,
+        output_options,
+        click.option(
+            "-f",
+            "--forced",
+            "--force",
+            "force",
+            is_flag=True,
+            help="Download and overwrite files that exist (default: skip them, so a "
+            "second run resumes).",
+        ),
+        click.option(
+            "-m",
+            "--meta-only",
+            is_flag=True,
+            help="Save only the metadata (DICOM JSON, no bulk data): one "
+            "series_metadata.json per series.",
+        ),
+        click.option(
+            "--meta-only-per-instance",
+            is_flag=True,
+            help="Like --meta-only, with one .json file per instance at the layout's path.",
+        ),
+        click.option(
+            "--layout",
+            metavar="TEMPLATE",
+            callback=_check_layout,
+            help="Path of each file below --out-dir, from DICOM keywords. "
+            "[default: {StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm]",
+        ),
+        click.option(
+            "--kheops-client-layout",
+            is_flag=True,
+            help="kheops-client's layout: {SeriesInstanceUID}/{SOPInstanceUID}.dcm.",
+        ),
+        click.option(
+            "--transfer-syntax",
+            type=TransferSyntaxType(),
+            default="*",
+            show_default=True,
+            help="'*' downloads the files byte for byte as stored; a UID asks the server "
+            "to transcode.",
+        ),
+        click.option(
+            "--fsync",
+            is_flag=True,
+            help="Flush every file to disk before it is renamed into place (slower, safer).",
+        ),
+        click.option(
+            "--progress-interval",
+            type=click.FloatRange(min=0.1),
+            default=5.0,
+            hidden=True,
+            help="Seconds between progress lines when stderr is not a terminal.",
+        ),
+        verbosity_options,
+    )(function)

@@ -1,0 +1,83 @@
+"""The command line's edge: run a command's async body, turn any error into one line.
+
+:func:`run_command` sets up logging (redacted), opens the client, runs the body under
+anyio and maps whatever ends it to an :class:`~kheops_async.cli.exit_codes.ExitCode`:
+one ``error: ...`` line on stderr, credentials removed, and the traceback only at
+``-vvv``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+
+import anyio
+import click
+
+from kheops_async.auth import Redactor
+from kheops_async.cli.exit_codes import ExitCode, exit_code_for, hint_for, primary_error
+from kheops_async.cli.logging_setup import TRACEBACK_VERBOSITY, CliLogHandler, configured_logging
+from kheops_async.cli.settings import ConnectionSettings, OutputSettings
+from kheops_async.client import DicomWebClient
+
+__all__ = ["CommandBody", "echo_error", "one_line", "report_error", "run_command"]
+
+CommandBody = Callable[[DicomWebClient, CliLogHandler], Awaitable[ExitCode]]
+
+
+def one_line(text: str) -> str:
+    """``text`` on a single line (newlines and runs of blanks collapsed)."""
+    return " ".join(text.split())
+
+
+def echo_error(message: str) -> None:
+    """Write ``error: message`` as one line on stderr."""
+    click.echo(f"error: {one_line(message)}", err=True)
+
+
+def report_error(exc: BaseException, *, redactor: Redactor, verbosity: int) -> ExitCode:
+    """Tell the user what ended the command (one line) and return its exit status."""
+    error = primary_error(exc)
+    code = exit_code_for(error)
+    if verbosity >= TRACEBACK_VERBOSITY:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        click.echo(redactor.redact(trace).rstrip(), err=True)
+    if code is ExitCode.INTERRUPTED:
+        echo_error("interrupted")
+    elif code is ExitCode.SOFTWARE:
+        echo_error(
+            f"internal error: {type(error).__name__}: {redactor.redact(str(error))} "
+            "(please report it; -vvv shows the traceback)"
+        )
+    else:
+        message = str(error) or type(error).__name__
+        if isinstance(error, OSError) and error.strerror and error.filename:
+            message = f"{error.strerror}: {error.filename}"
+        echo_error(redactor.redact(message) + hint_for(error))
+    return code
+
+
+def run_command(
+    connection: ConnectionSettings,
+    output: OutputSettings,
+    body: CommandBody,
+) -> ExitCode:
+    """Run ``body`` with a client for ``connection``; return the exit status."""
+    redactor = connection.redactor()
+    with configured_logging(
+        output.verbosity, quiet=output.quiet, redactor=redactor, stream=sys.stderr
+    ) as handler:
+        try:
+            return anyio.run(_with_client, connection, handler, body)
+        except BaseException as exc:  # the edge: every error ends here, as one line
+            if isinstance(exc, SystemExit | GeneratorExit):
+                raise
+            return report_error(exc, redactor=redactor, verbosity=output.verbosity)
+
+
+async def _with_client(
+    connection: ConnectionSettings, handler: CliLogHandler, body: CommandBody
+) -> ExitCode:
+    async with connection.client() as client:
+        return await body(client, handler)

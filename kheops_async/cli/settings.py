@@ -1,0 +1,109 @@
+"""The settings of one command-line run, gathered from the options, and the client they make.
+
+Kept apart from click so that the commands' async bodies take plain values, and so
+that building the :class:`~kheops_async.DicomWebClient` (credentials, TLS, timeouts,
+retries) happens in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from kheops_async.auth import Redactor, split_link_url
+from kheops_async.client import DEFAULT_TIMEOUT, DicomWebClient
+from kheops_async.errors import ConfigurationError
+from kheops_async.retry import RetryPolicy
+
+__all__ = ["ConnectionSettings", "OutputSettings"]
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where the server is and how to talk to it (``--url``, credentials, TLS, ...)."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    basic_token: bool = False
+    album: str | None = None
+    inbox: bool = False
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    timeout: float | None = None
+    retries: int = RetryPolicy().attempts - 1
+    concurrency: int = 4
+
+    def redactor(self) -> Redactor:
+        """Redacts the token, the password and a link URL's token from any text."""
+        _, link_token = split_link_url(self.url)
+        return Redactor.for_secrets([self.token, self.password, link_token])
+
+    def _verify(self) -> bool | ssl.SSLContext:
+        if self.insecure and self.ca_bundle is not None:
+            raise ConfigurationError("--insecure and --ca-bundle contradict each other")
+        if self.insecure:
+            return False
+        if self.ca_bundle is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(self.ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the CA bundle {self.ca_bundle}: {exc.strerror or exc}"
+            ) from None
+
+    def _timeout(self) -> httpx.Timeout:
+        if self.timeout is None:
+            return DEFAULT_TIMEOUT
+        return httpx.Timeout(self.timeout, pool=DEFAULT_TIMEOUT.pool)
+
+    def client(self) -> DicomWebClient:
+        """A new client for these settings (use it as an async context manager).
+
+        Raises :class:`ConfigurationError` for a bad URL, contradictory credentials or
+        an unreadable CA bundle.
+        """
+        return DicomWebClient(
+            self.url,
+            token=self.token,
+            username=self.user,
+            password=self.password,
+            basic_token=self.basic_token,
+            concurrency=self.concurrency,
+            timeout=self._timeout(),
+            verify=self._verify(),
+            retry=RetryPolicy(attempts=self.retries + 1),
+            album=self.album,
+            inbox=self.inbox,
+        )
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where results go and how much is said on stderr."""
+
+    out_dir: Path = Path("downloads")
+    dry_run: bool = False
+    verbosity: int = 0
+    quiet: bool = False
+
+    def prepare_out_dir(self) -> None:
+        """Create the output directory, or raise :class:`ConfigurationError` if unusable.
+
+        Called before any query, so that an unwritable directory fails fast; a dry run
+        never calls it (it writes nothing, not even the directory).
+        """
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the output directory {self.out_dir}: {exc.strerror or exc}"
+            ) from None
+        if not os.access(self.out_dir, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"the output directory {self.out_dir} is not writable")

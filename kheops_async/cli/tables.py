@@ -1,0 +1,425 @@
+"""The tables the commands print and save: building, rendering, writing.
+
+``list`` saves ``available_{studies,series,instances}_<timestamp>.csv`` and ``download``
+saves ``downloaded_{study,series}_instances_<timestamp>.csv`` in the output directory,
+with kheops-client's columns (plus a few). On stdout a table is rendered for reading
+(``table``), or as ``csv`` or ``json`` for other programs.
+
+Rows are sorted so that two runs over the same data give the same file. A
+``RetrieveURL`` is redacted: in Kheops link mode it carries the token.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kheops_async.cli.selection import InstanceRow, SeriesRow
+from kheops_async.dicomjson import DicomRecord
+from kheops_async.report import DownloadReport, InstanceStatus
+
+__all__ = [
+    "DOWNLOAD_COLUMNS",
+    "INSTANCE_COLUMNS",
+    "SERIES_COLUMNS",
+    "STUDY_COLUMNS",
+    "OutputFormat",
+    "Table",
+    "download_plan_table",
+    "download_table",
+    "instance_table",
+    "render",
+    "series_table",
+    "study_table",
+    "timestamp",
+    "write_csv_file",
+]
+
+OutputFormat = Literal["table", "csv", "json"]
+Cell = str | int | list[str] | None
+Row = dict[str, Cell]
+
+TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
+MULTI_VALUE_SEPARATOR = "\\"  # DICOM's own separator: "CT\MR" is also a valid filter value
+MAX_TEXT_WIDTH = 40  # longest free-text cell (descriptions) on the terminal
+
+STUDY_COLUMNS = (
+    "StudyInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDateTime",
+    "ModalitiesInStudy",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "StudyDescription",
+)
+SERIES_COLUMNS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "SeriesDate",
+    "SeriesTime",
+    "SeriesDateTime",
+    "Modality",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+    "SeriesDescription",
+    "RetrieveURL",
+)
+INSTANCE_COLUMNS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "SeriesDate",
+    "SeriesTime",
+    "Modality",
+    "InstanceNumber",
+    "SOPClassUID",
+    "RetrieveURL",
+)
+DOWNLOAD_COLUMNS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "SeriesDate",
+    "SeriesTime",
+    "Modality",
+    "FileSize",
+    "Path",
+    "Status",
+    "Error",
+)
+PLAN_COLUMNS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "Modality",
+    "Planned",
+    "Skipped",
+    "Failed",
+)
+
+# Terminal view: (column, heading); long raw columns (RetrieveURL, raw date/time) are left
+# to the files.
+_STUDY_VIEW = (
+    ("PatientID", "PatientID"),
+    ("StudyDateTime", "Date"),
+    ("ModalitiesInStudy", "Modalities"),
+    ("NumberOfStudyRelatedSeries", "Series"),
+    ("NumberOfStudyRelatedInstances", "Instances"),
+    ("StudyDescription", "Description"),
+    ("StudyInstanceUID", "StudyInstanceUID"),
+)
+_SERIES_VIEW = (
+    ("PatientID", "PatientID"),
+    ("SeriesDateTime", "Date"),
+    ("Modality", "Modality"),
+    ("SeriesNumber", "No"),
+    ("NumberOfSeriesRelatedInstances", "Instances"),
+    ("SeriesDescription", "Description"),
+    ("SeriesInstanceUID", "SeriesInstanceUID"),
+    ("StudyInstanceUID", "StudyInstanceUID"),
+)
+_INSTANCE_VIEW = (
+    ("PatientID", "PatientID"),
+    ("Modality", "Modality"),
+    ("InstanceNumber", "No"),
+    ("SOPInstanceUID", "SOPInstanceUID"),
+    ("SeriesInstanceUID", "SeriesInstanceUID"),
+)
+_PLAN_VIEW = tuple((c, c) for c in PLAN_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows with named columns, the file name stem, and how to show it on a terminal."""
+
+    name: str  # file name stem, e.g. "available_studies"
+    noun: str  # what one row is, plural: "studies"
+    columns: tuple[str, ...]
+    rows: list[Row]
+    view: tuple[tuple[str, str], ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def timestamp(now: dt.datetime | None = None) -> str:
+    """The file-name timestamp, e.g. ``20240131-142501``."""
+    return (now or dt.datetime.now()).strftime(TIMESTAMP_FORMAT)
+
+
+def _datetime(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat(sep=" ")
+
+
+def _sort_key(row: Row, columns: Sequence[str]) -> tuple[str, ...]:
+    return tuple(_text(row.get(c)) for c in columns)
+
+
+def _series_values(series: DicomRecord, study: DicomRecord) -> Row:
+    return {
+        "StudyInstanceUID": series.study_uid or study.study_uid,
+        "SeriesInstanceUID": series.series_uid,
+        "PatientID": series.patient_id or study.patient_id,
+        "SeriesDate": series.get_str("SeriesDate"),
+        "SeriesTime": series.get_str("SeriesTime"),
+        "SeriesDateTime": _datetime(series.series_datetime),
+        "Modality": series.modality,
+    }
+
+
+def study_table(records: Iterable[DicomRecord]) -> Table:
+    """``available_studies``: one row per study, by date then UID."""
+    rows: list[Row] = [
+        {
+            "StudyInstanceUID": r.study_uid,
+            "PatientID": r.patient_id,
+            "StudyDate": r.get_str("StudyDate"),
+            "StudyTime": r.get_str("StudyTime"),
+            "StudyDateTime": _datetime(r.study_datetime),
+            "ModalitiesInStudy": r.modalities_in_study,
+            "NumberOfStudyRelatedSeries": r.number_of_study_related_series,
+            "NumberOfStudyRelatedInstances": r.number_of_study_related_instances,
+            "StudyDescription": r.get_str("StudyDescription"),
+        }
+        for r in records
+    ]
+    rows.sort(key=lambda row: _sort_key(row, ("StudyDateTime", "StudyInstanceUID")))
+    return Table("available_studies", "studies", STUDY_COLUMNS, rows, _STUDY_VIEW)
+
+
+def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> Table:
+    """``available_series``: one row per series, by study, date, number and UID."""
+    rows: list[Row] = []
+    for item in items:
+        series = item.series
+        url = series.retrieve_url
+        rows.append(
+            {
+                **_series_values(series, item.study),
+                "SeriesNumber": series.get_int("SeriesNumber"),
+                "NumberOfSeriesRelatedInstances": series.number_of_series_related_instances,
+                "SeriesDescription": series.get_str("SeriesDescription"),
+                "RetrieveURL": safe(url) if url else None,
+            }
+        )
+    rows.sort(
+        key=lambda row: (
+            _sort_key(row, ("StudyInstanceUID", "SeriesDateTime")),
+            _number(row.get("SeriesNumber")),
+            _text(row.get("SeriesInstanceUID")),
+        )
+    )
+    return Table("available_series", "series", SERIES_COLUMNS, rows, _SERIES_VIEW)
+
+
+def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) -> Table:
+    """``available_instances``: one row per instance, by series then instance number."""
+    rows: list[Row] = []
+    for item in items:
+        instance = item.instance
+        url = instance.retrieve_url
+        rows.append(
+            {
+                **_series_values(item.series, item.study),
+                "StudyInstanceUID": instance.study_uid or item.study.study_uid,
+                "SeriesInstanceUID": instance.series_uid or item.series.series_uid,
+                "SOPInstanceUID": instance.sop_uid,
+                "InstanceNumber": instance.get_int("InstanceNumber"),
+                "SOPClassUID": instance.get_str("SOPClassUID"),
+                "RetrieveURL": safe(url) if url else None,
+            }
+        )
+    rows.sort(
+        key=lambda row: (
+            _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
+            _number(row.get("InstanceNumber")),
+            _text(row.get("SOPInstanceUID")),
+        )
+    )
+    return Table("available_instances", "instances", INSTANCE_COLUMNS, rows, _INSTANCE_VIEW)
+
+
+def _relative(path: str, root: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
+
+
+def download_table(report: DownloadReport, *, kind: str, root: Path) -> Table:
+    """``downloaded_<kind>_instances``: every instance of the report, plus failed series.
+
+    ``kind`` is ``"study"`` or ``"series"`` (kheops-client's two file names). ``Path``
+    is relative to ``root`` (the output directory).
+    """
+    root = root.expanduser().resolve()
+    rows: list[Row] = [
+        {
+            "StudyInstanceUID": r.study_uid,
+            "SeriesInstanceUID": r.series_uid,
+            "SOPInstanceUID": r.sop_uid,
+            "PatientID": r.patient_id,
+            "SeriesDate": r.series_date,
+            "SeriesTime": r.series_time,
+            "Modality": r.modality,
+            "FileSize": r.file_size,
+            "Path": _relative(r.path, root),
+            "Status": r.status.value,
+            "Error": r.error or None,
+        }
+        for r in report.instances
+    ]
+    rows += [
+        {
+            "StudyInstanceUID": f.study_uid,
+            "SeriesInstanceUID": f.series_uid,
+            "Status": InstanceStatus.FAILED.value,
+            "Error": f.error,
+        }
+        for f in report.failures
+    ]
+    rows.sort(
+        key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID", "Path", "Status"))
+    )
+    view = tuple((c, c) for c in DOWNLOAD_COLUMNS)
+    return Table(f"downloaded_{kind}_instances", "instances", DOWNLOAD_COLUMNS, rows, view)
+
+
+def download_plan_table(report: DownloadReport) -> Table:
+    """A dry run's plan: per series, the instances it would download, skip, or failed."""
+    per_series: dict[tuple[str, str], Row] = {}
+    counts = {
+        InstanceStatus.PLANNED: "Planned",
+        InstanceStatus.SKIPPED: "Skipped",
+        InstanceStatus.FAILED: "Failed",
+    }
+    for record in report.instances:
+        row = per_series.setdefault(
+            (record.study_uid, record.series_uid),
+            {
+                "StudyInstanceUID": record.study_uid,
+                "SeriesInstanceUID": record.series_uid,
+                "PatientID": record.patient_id,
+                "Modality": record.modality,
+                "Planned": 0,
+                "Skipped": 0,
+                "Failed": 0,
+            },
+        )
+        column = counts.get(record.status)
+        if column is not None:
+            row[column] = _number(row[column]) + 1
+    rows = sorted(
+        per_series.values(),
+        key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
+    )
+    return Table("download_plan", "series", PLAN_COLUMNS, rows, _PLAN_VIEW)
+
+
+# -- rendering -----------------------------------------------------------------------
+
+
+def _number(value: Cell) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _text(value: Cell) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return MULTI_VALUE_SEPARATOR.join(value)
+    return str(value)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_terminal(table: Table) -> str:
+    """Aligned columns with a heading line, and a count line at the end."""
+    view = table.view or tuple((c, c) for c in table.columns)
+    cells = [
+        [
+            _shorten(_text(row.get(column)), MAX_TEXT_WIDTH)
+            if "Description" in column
+            else _text(row.get(column))
+            for column, _ in view
+        ]
+        for row in table.rows
+    ]
+    headings = [heading for _, heading in view]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headings)]
+    numeric = [
+        bool(table.rows) and all(isinstance(row.get(c), int | type(None)) for row in table.rows)
+        for c, _ in view
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if right else v.ljust(w)
+            for v, w, right in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(headings), line(["-" * w for w in widths])]
+    lines += [line(row) for row in cells]
+    lines.append(f"{len(table.rows)} {table.noun}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    """The table as CSV text (header line first; multi-values joined with ``\\``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow([_text(row.get(column)) for column in table.columns])
+    return buffer.getvalue()
+
+
+def render_json(table: Table) -> str:
+    """The table as a JSON array of objects (multi-values as arrays, absent as null)."""
+    rows = [{column: row.get(column) for column in table.columns} for row in table.rows]
+    return json.dumps(rows, indent=2) + "\n"
+
+
+def render(table: Table, output_format: OutputFormat) -> str:
+    """The table in the requested stdout format."""
+    if output_format == "csv":
+        return render_csv(table)
+    if output_format == "json":
+        return render_json(table)
+    return render_terminal(table)
+
+
+def write_csv_file(table: Table, directory: Path, stamp: str) -> Path:
+    """Write ``<name>_<stamp>.csv`` into ``directory`` (created if needed); return its path.
+
+    Never overwrites: a second table in the same second gets ``-2``, ``-3``... Raises
+    :class:`OSError` when the directory or the file cannot be written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    text = render_csv(table)
+    for attempt in range(1, 1000):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        path = directory / f"{table.name}_{stamp}{suffix}.csv"
+        try:
+            with path.open("x", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"too many tables named {table.name}_{stamp}*.csv in {directory}")
