@@ -53,6 +53,11 @@ def server(archive: FakeArchive) -> Iterator[FakeDicomWebServer]:
         yield srv
 
 
+def raw_get(url: str, params: dict[str, object]) -> httpx.Response:
+    """A plain synchronous request, to see exactly what the server sends."""
+    return httpx.get(url, params=params, auth=(".", TOKEN))  # type: ignore[arg-type]
+
+
 def client(server: FakeDicomWebServer, **kwargs: object) -> DicomWebClient:
     options: dict[str, object] = {"token": TOKEN}
     options.update(kwargs)
@@ -78,7 +83,7 @@ async def test_server_cap_is_paged_through_with_both_warning_forms(
         async with client(srv, page_size=page_size) as c:
             studies = await c.search_studies()
             series = await c.search_series(study_uid=STUDIES[0])
-        raw = httpx.get(f"{srv.base_url}/studies", params={"limit": 1000}, auth=(".", TOKEN))
+        raw = raw_get(f"{srv.base_url}/studies", {"limit": 1000})
     assert {r.study_uid for r in studies.records} == set(STUDIES)
     assert len(studies.records) == len(STUDIES)
     assert not studies.truncated
@@ -170,11 +175,14 @@ async def test_retrieve_framings(
 async def test_truncated_body_raises(server: FakeDicomWebServer) -> None:
     study = STUDIES[2]
     server.add_fault(f"/series/{study}.2", TruncateAfter(900))
-    async with client(server) as c:
-        with pytest.raises(TruncatedBodyError):
-            async with c.retrieve_series(study, f"{study}.2") as parts:
-                async for part in parts:
-                    await part.read()
+
+    async def read_all() -> None:
+        async with client(server) as c, c.retrieve_series(study, f"{study}.2") as parts:
+            async for part in parts:
+                await part.read()
+
+    with pytest.raises(TruncatedBodyError):
+        await read_all()
 
 
 async def test_explicit_transfer_syntax(server: FakeDicomWebServer) -> None:

@@ -198,7 +198,7 @@ def connection_options(function: F) -> F:
         click.option("--inbox", is_flag=True, help="Kheops: only the inbox."),
         click.option(
             "--ca-bundle",
-            type=click.Path(exists=True, dir_okay=False, path_type=None),
+            type=click.Path(exists=True, dir_okay=False),
             metavar="PATH",
             help="PEM file of the CA certificates to trust (TLS verification is on by "
             "default, with the system's CAs).",
