@@ -283,7 +283,7 @@ class Bench:
 def summarize(case: Case, results: list[RunResult]) -> dict[str, Any]:
     """Medians over the verified runs (all runs if none verified)."""
     good = [r for r in results if r.verified] or results
-    wall = statistics.median(r.wall_s for r in good)
+    wall = max(1e-9, statistics.median(r.wall_s for r in good))
     return {
         "runs": len(results),
         "verified_runs": sum(r.verified for r in results),

@@ -1,10 +1,11 @@
 """How each tool is run and measured: one subprocess per run, its resources from ``wait4``.
 
-Every run is a fresh child process of the harness, so ``os.wait4`` gives exactly that
-tool's CPU time (user + sys, including its own children, e.g. the ``curl`` processes of
-``xargs``) and its peak resident set (``ru_maxrss``, the largest of the process and its
-reaped children). Wall time is from ``Popen`` to ``wait4``, interpreter start-up included:
-that is what a user of the command waits for.
+Every run is a fresh process, spawned by the tiny ``spawn_measured.py``, so ``os.wait4``
+gives exactly that tool's CPU time (user + sys, including its own children, e.g. the
+``curl`` processes of ``xargs``) and its peak resident set (``ru_maxrss``, the largest of
+the process and its reaped children; about 9 MB is the floor, inherited from the spawner).
+Wall time is from spawn to ``wait4``, interpreter start-up included: that is what a user
+of the command waits for.
 
 Tools:
 
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,20 +223,24 @@ def cpu_busy_seconds() -> float:
 def run_measured(
     argv: list[str], log_path: Path, *, timeout: float
 ) -> tuple[float, float, float, float, int, float]:
-    """Run ``argv`` as a child; return wall, user, sys, peak RSS (MB), exit code, others' CPU.
+    """Run ``argv``; return wall s, user s, sys s, peak RSS (MB), exit code, others' CPU s.
 
-    The child gets its own session; past ``timeout`` seconds its process group is killed
-    (exit code -9). ``others`` is CPU time the rest of the machine used meanwhile (Orthanc,
-    the proxy, other users), from ``/proc/stat``.
+    The command runs under ``spawn_measured.py`` (a stdlib-only interpreter of about
+    9 MB) so that its ``ru_maxrss`` does not start from this process's size; see there.
+    It gets its own session; past ``timeout`` seconds the whole process group is killed
+    (exit code -9). ``others`` is the CPU time the rest of the machine used meanwhile
+    (Orthanc, the proxy, other users), from ``/proc/stat``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path = log_path.with_suffix(".rusage.json")
+    result_path.unlink(missing_ok=True)
+    wrapper = [sys.executable, "-I", "-S", str(BENCH_DIR / "spawn_measured.py"), str(result_path)]
     with log_path.open("ab") as log:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         busy_before = cpu_busy_seconds()
-        started = time.perf_counter()
         process = subprocess.Popen(
-            argv,
+            [*wrapper, *argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -244,15 +249,24 @@ def run_measured(
         timer = threading.Timer(timeout, _kill_group, (process.pid,))
         timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            _, status, _ = os.wait4(process.pid, 0)
         finally:
             timer.cancel()
-        wall = time.perf_counter() - started
         busy = cpu_busy_seconds() - busy_before
     process.returncode = os.waitstatus_to_exitcode(status)
-    cpu = usage.ru_utime + usage.ru_stime
-    others = max(0.0, busy - cpu)
-    return wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, others
+    try:
+        usage = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        return 0.0, 0.0, 0.0, 0.0, process.returncode or -9, busy
+    cpu = usage["user_s"] + usage["sys_s"]
+    return (
+        usage["wall_s"],
+        usage["user_s"],
+        usage["sys_s"],
+        usage["max_rss_kb"] / 1024,
+        usage["returncode"],
+        max(0.0, busy - cpu),
+    )
 
 
 def _kill_group(pid: int) -> None:

@@ -219,7 +219,7 @@ def list_group() -> None:
 @list_group.command("studies", epilog=EPILOG)
 @list_options
 @click.pass_context
-def list_studies(ctx: click.Context, **options: Any) -> ExitCode:
+def list_studies(ctx: click.Context, /, **options: Any) -> ExitCode:
     """List studies (available_studies_<timestamp>.csv).
 
     Study-level filters (PatientID, StudyDate, ...) and Modality (as ModalitiesInStudy).
@@ -230,7 +230,7 @@ def list_studies(ctx: click.Context, **options: Any) -> ExitCode:
 @list_group.command("series", epilog=EPILOG)
 @list_options
 @click.pass_context
-def list_series(ctx: click.Context, **options: Any) -> ExitCode:
+def list_series(ctx: click.Context, /, **options: Any) -> ExitCode:
     """List series (available_series_<timestamp>.csv).
 
     Without --study-uid, the series of every matching study, queried concurrently.
@@ -241,7 +241,7 @@ def list_series(ctx: click.Context, **options: Any) -> ExitCode:
 @list_group.command("instances", epilog=EPILOG)
 @list_options
 @click.pass_context
-def list_instances(ctx: click.Context, **options: Any) -> ExitCode:
+def list_instances(ctx: click.Context, /, **options: Any) -> ExitCode:
     """List instances (available_instances_<timestamp>.csv) of the matching series."""
     return _run_list(ctx, "instances", options)
 
@@ -255,7 +255,7 @@ def download_group() -> None:
 @download_group.command("studies", epilog=EPILOG)
 @download_options
 @click.pass_context
-def download_studies(ctx: click.Context, **options: Any) -> ExitCode:
+def download_studies(ctx: click.Context, /, **options: Any) -> ExitCode:
     """Download whole studies (table: downloaded_study_instances_<timestamp>.csv).
 
     The studies are --study-uid, --in-file, or those the study query finds
@@ -267,7 +267,7 @@ def download_studies(ctx: click.Context, **options: Any) -> ExitCode:
 @download_group.command("series", epilog=EPILOG)
 @download_options
 @click.pass_context
-def download_series(ctx: click.Context, **options: Any) -> ExitCode:
+def download_series(ctx: click.Context, /, **options: Any) -> ExitCode:
     """Download series (table: downloaded_series_instances_<timestamp>.csv).
 
     --study-uid with --series-uid downloads those series; --study-uid alone every series

@@ -101,11 +101,12 @@ class DownloadJob:
             per_series=self.output.verbosity >= 1,
             handler=handler,
         )
+        report: DownloadReport | None = None
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(display.run)
                 try:
-                    return await download(
+                    report = await download(
                         client,
                         targets,
                         self.output.out_dir,
@@ -122,6 +123,9 @@ class DownloadJob:
                     group.cancel_scope.cancel()
         finally:
             display.finish()
+        if report is None:  # pragma: no cover - the task group re-raises the failure
+            raise RuntimeError("the download ended without a report")
+        return report
 
     def _finish(self, report: DownloadReport) -> ExitCode:
         """Summary, failures, plan or table; the exit status."""

@@ -15,7 +15,7 @@ secret on the command line is visible to every user of the machine in ``ps``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -45,8 +45,13 @@ VERBOSITY_KEY = "kheops_async.verbosity"
 QUIET_KEY = "kheops_async.quiet"
 MAX_CONCURRENCY = 64
 
+if TYPE_CHECKING:  # click >= 8.2 types ParamType by its value; 8.1 is not subscriptable
+    _TextParamType = click.ParamType[str]
+else:
+    _TextParamType = click.ParamType
 
-class UidType(click.ParamType):
+
+class UidType(_TextParamType):
     """A DICOM UID (digits and dots, at most 64 characters)."""
 
     name = "uid"
@@ -61,7 +66,7 @@ class UidType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class TransferSyntaxType(click.ParamType):
+class TransferSyntaxType(_TextParamType):
     """``*`` (as stored, the default) or a transfer syntax UID to transcode to."""
 
     name = "uid|*"

@@ -67,7 +67,8 @@ class ProgressDisplay:
     """Shows a :class:`DownloadProgress` on ``stream`` until :meth:`finish`.
 
     ``live``: redraw one line in place (a terminal); otherwise print a line every
-    ``interval`` seconds and, with ``per_series``, one per finished series.
+    ``interval`` seconds and, with ``per_series``, one per finished series (the
+    engine calls :meth:`on_change`, installed as the progress callback).
     ``enabled=False`` (``--quiet``) shows nothing.
     """
 
@@ -93,6 +94,7 @@ class ProgressDisplay:
         self._samples: deque[tuple[float, int]] = deque()
         self._last_line = time.monotonic()
         self._last_series_done = 0
+        progress.callback = self.on_change
 
     # -- LiveLine protocol (used by the log handler) --------------------------------
 
@@ -124,17 +126,27 @@ class ProgressDisplay:
             return self.progress.bytes_per_second
         return (self.progress.bytes_done - first_bytes) / (now - first_time)
 
+    def _write_line(self) -> None:
+        self._last_line = time.monotonic()
+        self._last_series_done = self.progress.series_done
+        self.stream.write(f"progress: {describe(self.progress, self._rate())}\n")
+        self.stream.flush()
+
     def _tick(self) -> None:
         if self.live:
             self.redraw()
-            return
-        now = time.monotonic()
-        series_finished = self.progress.series_done != self._last_series_done
-        if now - self._last_line >= self.interval or (self.per_series and series_finished):
-            self._last_line = now
-            self._last_series_done = self.progress.series_done
-            self.stream.write(f"progress: {describe(self.progress, self._rate())}\n")
-            self.stream.flush()
+        elif time.monotonic() - self._last_line >= self.interval:
+            self._write_line()
+
+    def on_change(self, progress: DownloadProgress) -> None:
+        """The engine's progress callback: with ``per_series``, a line per finished series."""
+        if (
+            self.enabled
+            and not self.live
+            and self.per_series
+            and progress.series_done != self._last_series_done
+        ):
+            self._write_line()
 
     async def run(self) -> None:
         """Refresh until cancelled (run it in the download's task group)."""

@@ -32,10 +32,10 @@ from kheops_async.targets import Targets, read_uid_table
 
 __all__ = [
     "Finder",
+    "InstanceRow",
     "Level",
     "Selection",
     "SeriesRow",
-    "InstanceRow",
     "paging_level",
     "split_filters",
 ]
@@ -272,10 +272,11 @@ class Finder:
         self.incomplete: list[str] = []
         self.not_found: list[str] = []
 
-    def _paging(self, level: Level) -> dict[str, int | None]:
-        if level != self.paging:
-            return {}
-        return {"limit": self.selection.limit, "offset": self.selection.offset}
+    def _limit(self, level: Level) -> int | None:
+        return self.selection.limit if level == self.paging else None
+
+    def _offset(self, level: Level) -> int:
+        return self.selection.offset if level == self.paging else 0
 
     @property
     def _fuzzy(self) -> bool | None:
@@ -296,7 +297,8 @@ class Finder:
                     filters,
                     includefield=STUDY_FIELDS,
                     fuzzymatching=self._fuzzy,
-                    **self._paging("studies"),
+                    limit=self._limit("studies"),
+                    offset=self._offset("studies"),
                 )
             )
 
@@ -329,7 +331,8 @@ class Finder:
                     study_uid=study_uid,
                     includefield=SERIES_FIELDS,
                     fuzzymatching=self._fuzzy,
-                    **self._paging("series"),
+                    limit=self._limit("series"),
+                    offset=self._offset("series"),
                 )
             )
             wanted = self.selection.wanted_series(study_uid)
@@ -364,7 +367,8 @@ class Finder:
                     study_uid=row.study.study_uid or "",
                     series_uid=row.series.series_uid or "",
                     includefield=INSTANCE_FIELDS,
-                    **self._paging("instances"),
+                    limit=self._limit("instances"),
+                    offset=self._offset("instances"),
                 )
             )
             return [InstanceRow(row.study, row.series, record) for record in records]

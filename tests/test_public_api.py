@@ -1,0 +1,55 @@
+"""The public namespace is deliberate: this test pins it."""
+
+from __future__ import annotations
+
+import kheops_async
+from kheops_async import errors
+
+
+def test_exported_names_are_pinned_and_sorted() -> None:
+    assert kheops_async.__all__ == sorted(kheops_async.__all__, key=lambda n: (not n.isupper(), n))
+    assert set(kheops_async.__all__) == {
+        "DEFAULT_CONCURRENCY",
+        "DEFAULT_LAYOUT",
+        "KHEOPS_CLIENT_LAYOUT",
+        "AuthenticationError",
+        "ConfigurationError",
+        "Credentials",
+        "DicomRecord",
+        "DicomWebClient",
+        "DownloadProgress",
+        "DownloadReport",
+        "HTTPStatusError",
+        "IncompleteSeriesError",
+        "InstanceRecord",
+        "InstanceStatus",
+        "InvalidDicomError",
+        "KheopsAsyncError",
+        "Layout",
+        "MultipartError",
+        "MultipartReader",
+        "NotFoundError",
+        "OffsetIgnoredError",
+        "PermissionDeniedError",
+        "ProtocolError",
+        "QueryPager",
+        "QueryResult",
+        "RetrievedPart",
+        "RetryPolicy",
+        "SeriesFailure",
+        "SeriesPlan",
+        "StorageError",
+        "Targets",
+        "TimeoutError_",
+        "TransportError",
+        "TruncatedBodyError",
+        "__version__",
+        "download",
+    }
+    for name in kheops_async.__all__:
+        assert getattr(kheops_async, name) is not None
+
+
+def test_every_error_derives_from_the_root() -> None:
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.KheopsAsyncError)
