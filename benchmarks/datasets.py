@@ -106,6 +106,7 @@ class Case:
     description: str
     series: tuple[SeriesInfo, ...]
     latency: bool = False
+    whole_archive: bool = False  # every study on the server: tools list the studies
 
     @property
     def studies(self) -> list[str]:
@@ -226,8 +227,8 @@ class LoadedGroup:
                 f"{shape.s2_max_pixel_bytes // 1000} KB"
             )
             if name == "S3":
-                return Case(name, description + ", 40 ms round trip", tuple(series), latency=True)
-            return Case(name, description, tuple(series))
+                description += ", 40 ms round trip"
+            return Case(name, description, tuple(series), latency=name == "S3", whole_archive=True)
         if name == "S4a":
             series = self.series_by_source["S4a"]
             description = (

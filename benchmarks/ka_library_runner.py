@@ -1,10 +1,11 @@
 """Stand-in for the ``kheops-async`` command while it does not exist: ``download()``.
 
-Usage: python benchmarks/ka_library_runner.py --url URL --out-dir DIR [-j N] STUDY_UID...
+Usage: python benchmarks/ka_library_runner.py --url URL --out-dir DIR [-j N] [STUDY_UID...]
 
-Does what ``kheops-async download studies --url URL --out-dir DIR -j N STUDY...`` does:
-one :class:`~kheops_async.DicomWebClient`, one :func:`~kheops_async.download` of the
-studies, exit status 1 if a series failed. ``run_all.py`` uses the real command as soon
+Does what ``kheops-async download studies --url URL --out-dir DIR -j N [-x STUDY...]``
+does: one :class:`~kheops_async.DicomWebClient`, one :func:`~kheops_async.download` of
+the studies (every study on the server when none is given), exit status 1 if a series
+failed. ``run_all.py`` uses the real command as soon
 as ``kheops_async.cli`` is importable. Also handy to profile the library alone.
 """
 
@@ -31,7 +32,7 @@ def main() -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("-j", "--concurrency", type=int, default=DEFAULT_CONCURRENCY)
-    parser.add_argument("studies", nargs="+")
+    parser.add_argument("studies", nargs="*", help="default: every study")
     args = parser.parse_args()
     return anyio.run(run, args.url, args.out_dir, args.concurrency, args.studies)
 

@@ -123,26 +123,16 @@ class Tool:
             ]
         if self.kind == "dwc":
             runner = BENCH_DIR / "dwc_runner.py"
-            return [
-                sys.executable,
-                str(runner),
-                "--url",
-                url,
-                "--out-dir",
-                str(out_dir),
-                *case.studies,
-            ]
+            studies = ["--all"] if case.whole_archive else case.studies
+            return [sys.executable, str(runner), "--url", url, "--out-dir", str(out_dir), *studies]
         if self.kind == "ka":
-            return [
-                *kheops_async_command(),
-                "--url",
-                url,
-                "--out-dir",
-                str(out_dir),
-                "-j",
-                str(self.concurrency),
-                *case.studies,
-            ]
+            command = kheops_async_command()
+            argv = [*command, "--url", url, "--out-dir", str(out_dir), "-j", str(self.concurrency)]
+            if case.whole_archive:
+                return argv  # no study given: the CLI downloads every study the server has
+            if command[0].endswith("kheops-async"):
+                return argv + [arg for uid in case.studies for arg in ("-x", uid)]
+            return argv + case.studies
         raise ValueError(f"unknown tool kind {self.kind!r}")
 
     def verify(self, case: Case, out_dir: Path) -> tuple[int, int, bool, str]:

@@ -169,7 +169,7 @@ class DicomWebClient:
 
     def _error_for(self, response: httpx.Response) -> HTTPStatusError:
         status = response.status_code
-        url = self.safe(response.request.url)
+        url = self.safe(response.request.url.copy_with(query=None))
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         reason = response.reason_phrase or ""
         base = f"HTTP {status} {reason}".rstrip() + f" from {url}"
@@ -190,8 +190,8 @@ class DicomWebClient:
             return NotFoundError(f"{base}: not found", **kwargs)
         return HTTPStatusError(base, **kwargs)
 
-    def _translate(self, exc: httpx.HTTPError, url: object) -> KheopsAsyncError:
-        where = self.safe(url)
+    def _translate(self, exc: httpx.HTTPError, url: httpx.URL) -> KheopsAsyncError:
+        where = self.safe(url.copy_with(query=None))
         detail = self.safe(exc) or type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             return TimeoutError_(f"timed out talking to {where} ({type(exc).__name__})")

@@ -215,6 +215,7 @@ async def paginate(
         raise ConfigurationError("offset must be >= 0")
     position, returned = offset, 0
     previous: tuple[tuple[str | None, ...], ...] | None = None
+    announced: int | None = None  # what the last non-empty page said was still to come
     while True:
         remaining = None if limit is None else limit - returned
         ask = remaining if page_size is None else min(page_size, remaining or page_size)
@@ -222,7 +223,9 @@ async def paginate(
         if page.total_count is not None:
             result.total_count = page.total_count
         if not page.records:
-            _finish(result, page, returned, offset, limit, describe)
+            # An empty page after one that announced more is a truncation too.
+            announced = parse_additional_results(page.warning) or announced
+            _finish(result, announced, returned, offset, limit, describe)
             return
         fingerprint = _fingerprint(page.records)
         if previous is not None and fingerprint == previous:
@@ -237,32 +240,30 @@ async def paginate(
             yield record
         returned += len(records)
         position += len(page.records)
-        more_announced = parse_additional_results(page.warning)
+        announced = parse_additional_results(page.warning)
         if limit is not None and returned >= limit:
             return  # the caller's limit, not a truncation
         short = ask is not None and len(page.records) < ask
-        if page_size is None or (
-            short and not more_announced and not _total_says_more(page, position)
-        ):
-            _finish(result, page, returned, offset, limit, describe)
+        total_says_more = result.total_count is not None and result.total_count > position
+        if page_size is None or (short and not announced and not total_says_more):
+            _finish(result, announced, returned, offset, limit, describe)
             return
-
-
-def _total_says_more(page: Page, position: int) -> bool:
-    return page.total_count is not None and page.total_count > position
 
 
 def _finish(
     result: QueryResult,
-    page: Page,
+    announced: int | None,
     returned: int,
     offset: int,
     limit: int | None,
     describe: str,
 ) -> None:
-    """Flag a truncation nobody asked for: the server announced or counted more."""
-    announced = parse_additional_results(page.warning)
-    expected = None if page.total_count is None else page.total_count - offset
+    """Flag a truncation nobody asked for: the server announced or counted more.
+
+    ``announced`` is the count of a ``Warning`` header; ``result.total_count`` the
+    largest ``X-Total-Count`` seen.
+    """
+    expected = None if result.total_count is None else result.total_count - offset
     missing_by_count = expected is not None and expected > returned
     if not announced and not missing_by_count:
         return

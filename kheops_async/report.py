@@ -93,6 +93,11 @@ class DownloadReport:
         return self._count(InstanceStatus.FAILED)
 
     @property
+    def metadata_saved(self) -> int:
+        """Instances whose metadata (DICOM JSON) was saved by a metadata-only run."""
+        return self._count(InstanceStatus.METADATA)
+
+    @property
     def ok(self) -> bool:
         """True when nothing failed: every series is complete."""
         return not self.failures and self.failed == 0
@@ -104,8 +109,10 @@ class DownloadReport:
 
     def summary(self) -> str:
         """One line: counts, bytes, time and rate."""
+        metadata = f"{self.metadata_saved} metadata, " if self.metadata_saved else ""
         return (
-            f"{self.series_completed}/{self.series_total} series, {self.written} written, "
+            f"{self.series_completed}/{self.series_total} series, {metadata}"
+            f"{self.written} written, "
             f"{self.skipped} skipped, {self.failed} failed instances, "
             f"{len(self.failures)} failed series, {self.bytes_written / 1e6:.1f} MB in "
             f"{self.seconds:.1f}s ({self.megabytes_per_second:.1f} MB/s)"

@@ -208,3 +208,28 @@ def test_record_matches_catches_an_ignored_filter() -> None:
     assert record_matches(record, {"StudyDate": "20240101-20240131"})
     assert not record_matches(record, {"StudyDate": "20240201-"})
     assert record_matches(record, {"PatientID": "absent-is-kept"})
+
+
+async def test_empty_page_after_an_announcement_is_a_truncation() -> None:
+    """Page 1 says more are coming, page 2 is empty: the list is incomplete."""
+    calls = 0
+
+    async def fetch(limit: int | None, offset: int) -> Page:
+        nonlocal calls
+        calls += 1
+        if offset == 0:
+            return Page(
+                [study(0), study(1)], total_count=3, warning="299 x: There are 1 additional results"
+            )
+        return Page([], total_count=None)
+
+    result = QueryResult()
+    uids = [
+        r.study_uid
+        async for r in paginate(
+            fetch, limit=None, offset=0, page_size=10, result=result, describe="t"
+        )
+    ]
+    assert len(uids) == 2
+    assert calls == 2
+    assert result.truncated

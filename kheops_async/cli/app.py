@@ -37,15 +37,20 @@ from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT
 __all__ = ["KheopsGroup", "main"]
 
 EPILOG = """\b
-Exit status: 0 ok; 1 download incomplete (failures listed); 2 usage or bad input
-(option, URL, UID, filter, --in-file, output directory); 3 authentication or
-permission refused (401/403: check the token); 4 server, network or protocol error;
-70 internal error; 130 interrupted.
+Exit status: 0 ok; 1 download incomplete (failures listed); 2 usage or bad
+input (option, URL, UID, filter, --in-file; output directory unwritable or full);
+3 authentication or permission refused (401/403: check the token); 4 server,
+network or protocol error; 70 internal error; 130 interrupted.
 
 \b
 Environment: KHEOPS_URL, KHEOPS_TOKEN (or ACCESS_TOKEN), KHEOPS_USER, KHEOPS_PASSWORD.
 Secrets given as variables stay out of 'ps' and of the shell history.
 """
+
+# click >= 8.2 raises this (a UsageError) for a group called without a command: show the help.
+_HELP_INSTEAD: tuple[type[click.ClickException], ...] = tuple(
+    kind for kind in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if kind is not None
+)
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -73,11 +78,12 @@ class KheopsGroup(click.Group):
                 **extra,
             )
             code = int(result) if isinstance(result, int) else int(ExitCode.OK)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            exc.show()
-            code = exc.exit_code
         except click.ClickException as exc:
-            code = _usage_error(exc)
+            if isinstance(exc, _HELP_INSTEAD):
+                exc.show()
+                code = exc.exit_code
+            else:
+                code = _usage_error(exc)
         except click.exceptions.Abort:
             echo_error("interrupted")
             code = ExitCode.INTERRUPTED
@@ -119,6 +125,7 @@ def _connection(ctx: click.Context, options: dict[str, Any]) -> ConnectionSettin
         timeout=options["timeout"],
         retries=options["retries"],
         concurrency=options["concurrency"],
+        page_size=options["page_size"],
     )
 
 
@@ -197,7 +204,7 @@ def _run_download(
 # -- the commands ----------------------------------------------------------------------
 
 
-@click.group(cls=KheopsGroup, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@click.group("kheops-async", cls=KheopsGroup, context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
 @click.version_option(__version__, "-V", "--version", prog_name="kheops-async")
 @verbosity_options
 def main() -> None:

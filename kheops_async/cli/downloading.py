@@ -1,11 +1,12 @@
 """``kheops-async download studies|series``: plan, download with progress, report.
 
-The selection becomes :class:`~kheops_async.Targets` (explicit UIDs are passed on as
-they are, so that the engine reports a study that does not exist; a filtered or
-fuzzy selection is resolved by a study query first). The engine downloads; a
-background task shows its progress. At the end: a summary line, one line per
-failure, and the ``downloaded_<kind>_instances_<timestamp>.csv`` table. A dry run
-prints the plan (per series: instances planned and skipped) and writes nothing.
+The selection becomes :class:`~kheops_async.Targets`: explicit UIDs are passed on as
+they are (so that the engine reports a study that does not exist); otherwise the
+CLI's own study query (filters, ``--fuzzy``, ``--limit``/``--offset``) picks the
+studies. The engine downloads; a background task shows its progress. At the end: a
+summary line, one line per failure, and the table
+``downloaded_<kind>_instances_<timestamp>.csv``. A dry run prints the plan (per
+series: instances planned and skipped) and writes nothing.
 """
 
 from __future__ import annotations

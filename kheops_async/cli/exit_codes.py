@@ -9,8 +9,8 @@ code  name         meaning
 0     OK           everything asked for was listed or downloaded
 1     INCOMPLETE   the download finished but some series or instances failed
 2     USAGE        bad option or input: usage error, bad URL, malformed UID, unknown
-                   filter key, bad layout, unreadable ``--in-file``, unwritable
-                   output directory
+                   filter key, bad layout, unreadable ``--in-file``; an output
+                   directory that cannot be written (unwritable, full)
 3     AUTH         authentication or permission refused (HTTP 401 or 403)
 4     SERVER       server, network or protocol failure (unreachable, timeout,
                    HTTP 4xx/5xx, a malformed answer)
@@ -32,10 +32,12 @@ from kheops_async.errors import (
     KheopsAsyncError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
+    TimeoutError_,
     TransportError,
 )
 
-__all__ = ["ExitCode", "exit_code_for", "leaf_exceptions", "primary_error"]
+__all__ = ["ExitCode", "exit_code_for", "hint_for", "leaf_exceptions", "primary_error"]
 
 
 class ExitCode(IntEnum):
@@ -67,6 +69,7 @@ _SEVERITY: tuple[type[BaseException], ...] = (
     AuthenticationError,
     PermissionDeniedError,
     ConfigurationError,
+    StorageError,
     KheopsAsyncError,
     OSError,
 )
@@ -92,7 +95,7 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         return ExitCode.USAGE
     if isinstance(exc, AuthenticationError | PermissionDeniedError):
         return ExitCode.AUTH
-    if isinstance(exc, ConfigurationError):
+    if isinstance(exc, ConfigurationError | StorageError):
         return ExitCode.USAGE
     if isinstance(exc, IncompleteSeriesError):
         return ExitCode.INCOMPLETE
@@ -110,6 +113,8 @@ def hint_for(exc: BaseException) -> str:
             " (is --url the DICOMweb root, e.g. https://host/api for Kheops or "
             "http://host:8042/dicom-web for Orthanc?)"
         )
+    if isinstance(exc, TimeoutError_):
+        return " (the server is slow or unreachable; --timeout waits longer)"
     if isinstance(exc, TransportError):
         return " (is the server running, and are --url and its port right?)"
     return ""

@@ -23,6 +23,7 @@ from kheops_async.dicomjson import tag_hex
 from kheops_async.engine import DEFAULT_CONCURRENCY
 from kheops_async.errors import ConfigurationError
 from kheops_async.layout import Layout
+from kheops_async.qido import DEFAULT_PAGE_SIZE
 from kheops_async.retry import RetryPolicy
 from kheops_async.uids import validate_uid
 
@@ -226,6 +227,14 @@ def connection_options(function: F) -> F:
             default=RetryPolicy().attempts - 1,
             show_default=True,
             help="Retries of a failed request (connection errors, 429, 5xx), with backoff.",
+        ),
+        click.option(
+            "--page-size",
+            type=click.IntRange(min=0),
+            default=DEFAULT_PAGE_SIZE,
+            show_default=True,
+            help="Records asked per QIDO request; the rest is paged with limit/offset. "
+            "0: one request, no paging (for a server that ignores 'offset').",
         ),
         click.option(
             "-j",

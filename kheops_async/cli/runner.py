@@ -71,8 +71,8 @@ def run_command(
         try:
             return anyio.run(_with_client, connection, handler, body)
         except BaseException as exc:  # the edge: every error ends here, as one line
-            if isinstance(exc, SystemExit | GeneratorExit):
-                raise
+            if isinstance(exc, SystemExit | GeneratorExit | BrokenPipeError):
+                raise  # a closed stdout (`| head`): click ends quietly
             return report_error(exc, redactor=redactor, verbosity=output.verbosity)
 
 

@@ -220,8 +220,12 @@ class Selection:
 
     @property
     def needs_study_query(self) -> bool:
-        """Whether a download must query studies first (instead of passing UIDs on)."""
-        return not self.studies or bool(self.study_filters) or self.fuzzy
+        """Whether a download must query studies first (instead of passing UIDs on).
+
+        Explicit UIDs without study-level filters go to the engine as they are, so that a
+        study that does not exist is reported as a failure.
+        """
+        return not self.studies or bool(self.study_filters)
 
 
 def paging_level(level: Level, selection: Selection) -> Level:

@@ -7,6 +7,7 @@ retries) happens in one place.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -17,9 +18,12 @@ import httpx
 from kheops_async.auth import Redactor, split_link_url
 from kheops_async.client import DEFAULT_TIMEOUT, DicomWebClient
 from kheops_async.errors import ConfigurationError
+from kheops_async.qido import DEFAULT_PAGE_SIZE
 from kheops_async.retry import RetryPolicy
 
 __all__ = ["ConnectionSettings", "OutputSettings"]
+
+log = logging.getLogger("kheops_async.cli")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class ConnectionSettings:
     timeout: float | None = None
     retries: int = RetryPolicy().attempts - 1
     concurrency: int = 4
+    page_size: int = DEFAULT_PAGE_SIZE  # 0: one request per query, no paging
 
     def redactor(self) -> Redactor:
         """Redacts the token, the password and a link URL's token from any text."""
@@ -48,6 +53,8 @@ class ConnectionSettings:
         if self.insecure and self.ca_bundle is not None:
             raise ConfigurationError("--insecure and --ca-bundle contradict each other")
         if self.insecure:
+            if self.url.strip().lower().startswith("https:"):
+                log.warning("TLS certificate verification is off (--insecure)")
             return False
         if self.ca_bundle is None:
             return True
@@ -81,6 +88,7 @@ class ConnectionSettings:
             retry=RetryPolicy(attempts=self.retries + 1),
             album=self.album,
             inbox=self.inbox,
+            page_size=self.page_size or None,
         )
 
 

@@ -199,7 +199,7 @@ def study_table(records: Iterable[DicomRecord]) -> Table:
 
 
 def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> Table:
-    """``available_series``: one row per series, by study, date, number and UID."""
+    """``available_series``: one row per series, by date, study, number and UID."""
     rows: list[Row] = []
     for item in items:
         series = item.series
@@ -215,7 +215,7 @@ def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> T
         )
     rows.sort(
         key=lambda row: (
-            _sort_key(row, ("StudyInstanceUID", "SeriesDateTime")),
+            _sort_key(row, ("SeriesDateTime", "StudyInstanceUID")),
             _number(row.get("SeriesNumber")),
             _text(row.get("SeriesInstanceUID")),
         )
@@ -224,7 +224,7 @@ def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> T
 
 
 def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) -> Table:
-    """``available_instances``: one row per instance, by series then instance number."""
+    """``available_instances``: one row per instance, by series (as series) then number."""
     rows: list[Row] = []
     for item in items:
         instance = item.instance
@@ -242,7 +242,7 @@ def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) 
         )
     rows.sort(
         key=lambda row: (
-            _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
+            _sort_key(row, ("SeriesDateTime", "StudyInstanceUID", "SeriesInstanceUID")),
             _number(row.get("InstanceNumber")),
             _text(row.get("SOPInstanceUID")),
         )

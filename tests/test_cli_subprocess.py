@@ -1,0 +1,209 @@
+"""``python -m kheops_async`` as a real process: exit statuses, stderr, progress, signals.
+
+CliRunner (tests/test_cli.py) covers the options; these runs prove what only a real
+process shows: the console entry point, stderr that is not a terminal, a token passed
+through the environment, and Ctrl-C (SIGINT) ending with 130 and no partial files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fakeserver import Delay, FakeArchive, FakeDicomWebServer, make_instance
+
+from kheops_async import __version__
+from kheops_async.cli import ExitCode
+from kheops_async.demo import OrthancDataset
+from kheops_async.writer import PARTIAL_DIR_NAME
+
+TOKEN = "subprocess-TOKEN-93b1c07e"
+TIMEOUT = 60
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m kheops_async ARGS`` with a clean environment (plus ``env``)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KHEOPS_", "ACCESS_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "kheops_async", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_version_and_program_name() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"kheops-async, version {__version__}"
+    usage = run_cli("list", "studies", "--url", "http://127.0.0.1:1", "--study-uid", "x.1")
+    assert usage.returncode == ExitCode.USAGE
+    assert "malformed StudyInstanceUID" in error_line(usage)
+    assert "'kheops-async list studies --help'" in usage.stderr
+
+
+def test_unreachable_server_exits_4_with_one_line() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("list", "series", "--url", f"http://127.0.0.1:{port}/api", "--retries", "0")
+    assert result.returncode == ExitCode.SERVER
+    assert f"127.0.0.1:{port}" in error_line(result)
+    assert result.stdout == ""
+
+
+def test_download_progress_lines_and_summary_without_a_terminal(
+    orthanc_dataset: OrthancDataset, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "download",
+        "studies",
+        "--url",
+        orthanc_dataset.server.dicomweb_url,
+        "--out-dir",
+        str(tmp_path),
+        "-v",
+        "--progress-interval",
+        "0.1",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("progress: ")]
+    assert progress and all(" series, " in line and " MB/s, ETA " in line for line in progress)
+    total = len(orthanc_dataset.instances)
+    assert any(line.startswith("done: ") and f"{total} written" in line for line in lines)
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr
+    assert len(list(tmp_path.rglob("*.dcm"))) == total
+
+
+def test_token_from_the_environment_never_appears(tmp_path: Path) -> None:
+    archive = FakeArchive()
+    for n in range(2):
+        archive.add_part10(make_instance("1.2.5.1", "1.2.5.1.1", f"1.2.5.1.1.{n}"))
+    with FakeDicomWebServer(archive, token=TOKEN) as server:
+        env = {"KHEOPS_TOKEN": TOKEN}
+        listed = run_cli(
+            "list", "series", "--url", server.base_url, "-o", str(tmp_path), "-vvv", env=env
+        )
+        link = run_cli(
+            "download", "studies", "--url", server.link_url(), "-o", str(tmp_path), "-vvv"
+        )
+        wrong = run_cli(
+            "list",
+            "studies",
+            "--url",
+            server.base_url,
+            "-vvv",
+            env={"ACCESS_TOKEN": "wrong-" + TOKEN},
+        )
+        sent = {r.authorization for r in server.requests}
+    assert listed.returncode == 0, listed.stderr
+    assert link.returncode == 0, link.stderr
+    assert wrong.returncode == ExitCode.AUTH
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: HTTP 401")
+    for result in (listed, link, wrong):
+        assert "httpx" in result.stderr  # -vvv really logged the HTTP traffic
+        assert TOKEN not in result.stdout + result.stderr
+    for table in tmp_path.glob("*.csv"):
+        assert TOKEN not in table.read_text()
+    assert f"Bearer {TOKEN}" in sent
+
+
+def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    archive = FakeArchive()
+    archive.add_part10(make_instance("1.2.6.1", "1.2.6.1.1", "1.2.6.1.1.1", size=4096))
+    with FakeDicomWebServer(archive) as server:
+        server.add_fault("/studies/1.2.6.1/series/1.2.6.1.1", Delay(20.0), times=5)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kheops_async",
+                "download",
+                "series",
+                "--url",
+                server.base_url,
+                "-o",
+                str(tmp_path),
+                "-x",
+                "1.2.6.1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not server.requests_matching("/series/1.2.6.1.1"):
+                assert time.monotonic() < deadline, "the download never started"
+                assert process.poll() is None, process.communicate()
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in stderr
+    partial = tmp_path / PARTIAL_DIR_NAME
+    assert not partial.exists() or not any(partial.iterdir())
+    assert not list(tmp_path.rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("command", ["list", "download"])
+def test_unwritable_output_directory_exits_2(tmp_path: Path, command: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run_cli(
+        command, "studies", "--url", "http://127.0.0.1:1/api", "-o", str(blocker / "sub")
+    )
+    assert result.returncode == ExitCode.USAGE
+    assert "output directory" in error_line(result)
+
+
+def test_demo_runs_the_commands_and_stops_orthanc(
+    orthanc_installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``make demo``: list, filter, download, download again (all skipped), Orthanc stopped."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kheops_async.demo", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    shown = result.stderr
+    for command in (
+        "$ kheops-async list studies",
+        "$ kheops-async list series",
+        "--search-filter Modality CT",
+        "$ kheops-async download studies",
+    ):
+        assert command in shown, command
+    assert "0 written" in shown and "0 skipped" in shown
+    files = list((tmp_path / "out").rglob("*.dcm"))
+    assert files and f"{len(files)} DICOM files" in shown
+    match = re.search(r"Orthanc \(PID (\d+)\)", shown)
+    assert match
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(match.group(1)), 0)
