@@ -49,6 +49,9 @@ __all__ = [
 
 BENCH_DIR = Path(__file__).resolve().parent
 ACCEPT = 'Accept: multipart/related; type="application/dicom"; transfer-syntax=*'
+TOOL_ENVIRONMENT = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+"""The tools' environment: Python tools may cache their bytecode, as installed packages do
+(the warm-up runs write it, so no measured run compiles modules)."""
 PART_OVERHEAD_BYTES = 400
 """Most multipart framing bytes per part (delimiter line and three part headers)."""
 
@@ -71,6 +74,7 @@ class RunResult:
     problem: str = ""
     others_cpu_s: float = 0.0
     loadavg_1m: float = 0.0
+    engine_mb_per_s: float = 0.0  # kheops-async only: its own figure, start-up excluded
 
     @property
     def cpu_s(self) -> float:
@@ -169,7 +173,9 @@ def kheops_async_command() -> list[str]:
     script = Path(sys.executable).parent / "kheops-async"
     if script.exists():
         command = [str(script), "download", "studies"]
-        check = subprocess.run([*command, "--help"], capture_output=True, check=False)
+        check = subprocess.run(
+            [*command, "--help"], capture_output=True, env=TOOL_ENVIRONMENT, check=False
+        )
         if check.returncode == 0 and b"--out-dir" in check.stdout:
             return command
     return [sys.executable, str(BENCH_DIR / "ka_library_runner.py")]
@@ -231,6 +237,7 @@ def run_measured(
         busy_before = cpu_busy_seconds()
         process = subprocess.Popen(
             [*wrapper, *argv],
+            env=TOOL_ENVIRONMENT,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

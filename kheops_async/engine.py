@@ -312,7 +312,12 @@ class _Download:
             ) as reader,
         ):
             await self._store_parts(reader, state)
+        if state.plan.expected_instances is None:
+            # The server gave no NumberOfSeriesRelatedInstances: count its instance list.
+            listing = await self._list_instances(plan)
+            state.plan = _with_expected(plan, len(listing))
         if state.shortfall():
+            plan = state.plan
             raise IncompleteSeriesError(
                 f"series {plan.series_uid}: received {len(state.done)} of "
                 f"{plan.expected_instances} instances"

@@ -209,3 +209,31 @@ async def test_requests_in_flight_never_exceed_concurrency(
     assert report.ok
     assert 2 <= server.max_in_flight <= 3
     assert_complete(tmp_path, archive)
+
+
+async def test_series_without_a_count_is_verified_against_its_instance_list(
+    archive: FakeArchive, tmp_path: Path
+) -> None:
+    series = f"{STUDIES[0]}.1"
+    with FakeDicomWebServer(archive, token=TOKEN, series_count_override={series: None}) as srv:  # type: ignore[dict-item]
+        srv.add_fault(f"/series/{series}", OmitInstances(1), times=1)
+        report = await mirror(srv, tmp_path)
+        listed = srv.requests_matching(f"/series/{series}/instances")
+    assert report.ok, report.failures
+    assert any(r.path.endswith("/instances") for r in listed)
+    assert_complete(tmp_path, archive)
+
+
+async def test_a_count_the_server_cannot_meet_is_reported(
+    archive: FakeArchive, tmp_path: Path
+) -> None:
+    series = f"{STUDIES[3]}.2"
+    with FakeDicomWebServer(archive, token=TOKEN, series_count_override={series: 5}) as srv:
+        report = await mirror(
+            srv, tmp_path, retry=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.01)
+        )
+    (failure,) = report.failures
+    assert failure.series_uid == series
+    assert failure.expected == 5 and failure.received == 4
+    assert "stays incomplete" in failure.error
+    assert report.written == len(archive.all_instances())
