@@ -188,6 +188,18 @@ class DicomWebClient:
             )
         if status in (404, 410):
             return NotFoundError(f"{base}: not found", **kwargs)
+        if 300 <= status < 400:
+            location = self.safe(response.headers.get("Location", "?"))
+            return HTTPStatusError(
+                f"{base}: the server redirects to {location}; use that URL as the base URL",
+                **kwargs,
+            )
+        if status == 400:
+            return HTTPStatusError(
+                f"{base}: the server refused the request (a filter it does not support, "
+                "or a page size above its maximum: try --page-size 100)",
+                **kwargs,
+            )
         return HTTPStatusError(base, **kwargs)
 
     def _translate(self, exc: httpx.HTTPError, url: httpx.URL) -> KheopsAsyncError:
@@ -223,7 +235,7 @@ class DicomWebClient:
         except httpx.HTTPError as exc:
             raise self._translate(exc, request.url) from None
         try:
-            if response.status_code >= 400:
+            if not 200 <= response.status_code < 300:
                 with contextlib.suppress(httpx.HTTPError):
                     await response.aread()
                 raise self._error_for(response)
@@ -312,6 +324,7 @@ class DicomWebClient:
             limit=limit,
             offset=offset,
             page_size=self.page_size if page_size == "default" else page_size,
+            fuzzy=bool(fuzzymatching),
         )
 
     async def _fetch_page(
@@ -455,8 +468,10 @@ class QueryPager:
         limit: int | None,
         offset: int,
         page_size: int | None,
+        fuzzy: bool = False,
     ) -> None:
         self._client = client
+        self._fuzzy = fuzzy
         self._url = url
         self._params = params
         self._filters = filters
@@ -484,7 +499,7 @@ class QueryPager:
             result=self.result,
             describe=describe,
         ):
-            if self._filters and not record_matches(record, self._filters):
+            if self._filters and not record_matches(record, self._filters, fuzzy=self._fuzzy):
                 dropped += 1
                 continue
             yield record

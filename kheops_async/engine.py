@@ -25,6 +25,7 @@ from typing import Literal, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from kheops_async.client import DicomWebClient
 from kheops_async.dicomjson import DicomRecord
@@ -36,7 +37,7 @@ from kheops_async.errors import (
     KheopsAsyncError,
     StorageError,
 )
-from kheops_async.layout import DEFAULT_LAYOUT, Layout
+from kheops_async.layout import DEFAULT_LAYOUT, Layout, sanitize_component
 from kheops_async.report import (
     DownloadProgress,
     DownloadReport,
@@ -56,6 +57,10 @@ __all__ = ["DEFAULT_CONCURRENCY", "MetadataMode", "download"]
 log = logging.getLogger("kheops_async")
 
 DEFAULT_CONCURRENCY = 4
+MAX_PLANNERS = 4
+"""Tasks expanding studies into series at once (each holds a request slot while it asks)."""
+PLANNER_BUFFER = 16
+"""Studies queued for the planners: bounded, so a huge study list costs no memory here."""
 RESUME_ONE_BY_ONE_RATIO = 3
 """On resume, a series with at most 1 missing instance per 3 present is completed
 instance by instance instead of retrieving the whole series again."""
@@ -67,6 +72,15 @@ T = TypeVar("T")
 
 def _retryable_or_short(exc: BaseException) -> bool:
     return is_retryable(exc) or isinstance(exc, IncompleteSeriesError)
+
+
+@dataclass(frozen=True)
+class _StudyJob:
+    """A study to expand into series: all of them, or the ``wanted`` ones."""
+
+    study_uid: str
+    wanted: set[str] | None
+    expected_series: int | None = None
 
 
 @dataclass
@@ -160,8 +174,13 @@ class _Download:
 
     # -- planning ------------------------------------------------------------------
 
-    async def _plan_all(self, send: ObjectSendStream[SeriesPlan]) -> None:
-        """Expand the targets into series plans and feed them to the workers."""
+    async def _plan_all(self, send: MemoryObjectSendStream[SeriesPlan]) -> None:
+        """Expand the targets into series plans and feed them to the workers.
+
+        Studies are expanded by a few planner tasks fed through a small buffer, so
+        downloads start with the first series and memory does not grow with the
+        number of studies.
+        """
         async with send:
             by_study: dict[str, set[str] | None] = {}
             for study_uid, series_uid in self.targets.series:
@@ -170,39 +189,54 @@ class _Download:
                     wanted.add(series_uid)
             for study_uid in self.targets.studies:
                 by_study[study_uid] = None
+            study_send, study_receive = anyio.create_memory_object_stream[_StudyJob](PLANNER_BUFFER)
             async with anyio.create_task_group() as group:
-                for study_uid, wanted in by_study.items():
-                    group.start_soon(self._plan_study, send, study_uid, wanted)
-                if self.targets.query is not None:
-                    pager = self.client.iter_studies(
-                        self.targets.query,
-                        limit=self.targets.limit,
-                        offset=self.targets.offset,
-                    )
-                    async with self.limiter:
-                        studies = [record async for record in pager]
-                    for record in studies:
-                        if record.study_uid and not is_valid_uid(record.study_uid):
-                            self._fail(
-                                SeriesFailure(
-                                    record.study_uid,
-                                    "",
-                                    "the server listed a malformed StudyInstanceUID; "
-                                    "it is not retrieved",
-                                )
-                            )
-                        elif record.study_uid and record.study_uid not in by_study:
-                            by_study[record.study_uid] = None
-                            group.start_soon(self._plan_study, send, record.study_uid, None)
+                for _ in range(max(1, min(MAX_PLANNERS, self.concurrency // 2))):
+                    group.start_soon(self._planner, study_receive.clone(), send.clone())
+                study_receive.close()
+                async with study_send:
+                    for study_uid, wanted in by_study.items():
+                        await study_send.send(_StudyJob(study_uid, wanted))
+                    if self.targets.query is not None:
+                        for job in await self._query_studies(set(by_study)):
+                            await study_send.send(job)
         for series_uid in sorted(self.targets.only_series - {s for _, s in self._seen_series}):
             self._fail(SeriesFailure("", series_uid, "series not found in the given studies"))
         self.progress.planning_done = True
         self.progress.notify()
 
-    async def _plan_study(
-        self, send: ObjectSendStream[SeriesPlan], study_uid: str, wanted: set[str] | None
+    async def _query_studies(self, known: set[str]) -> list[_StudyJob]:
+        """The studies of the targets' query, minus ``known``; flags a truncated list."""
+        assert self.targets.query is not None
+        pager = self.client.iter_studies(
+            self.targets.query, limit=self.targets.limit, offset=self.targets.offset
+        )
+        async with self.limiter:  # never held while sending: no deadlock at concurrency 1
+            studies = [record async for record in pager]
+        if pager.result.truncated:
+            self._fail(
+                SeriesFailure("", "", f"the study list is incomplete: {pager.result.warning}")
+            )
+        jobs = []
+        for record in studies:
+            uid = record.study_uid
+            if uid and not is_valid_uid(uid):
+                self._fail(SeriesFailure(uid, "", "the server listed a malformed StudyInstanceUID"))
+            elif uid and uid not in known:
+                known.add(uid)
+                jobs.append(_StudyJob(uid, None, record.number_of_study_related_series))
+        return jobs
+
+    async def _planner(
+        self, studies: ObjectReceiveStream[_StudyJob], send: ObjectSendStream[SeriesPlan]
     ) -> None:
+        async with studies, send:
+            async for job in studies:
+                await self._plan_study(send, job)
+
+    async def _plan_study(self, send: ObjectSendStream[SeriesPlan], job: _StudyJob) -> None:
         """Queue the series of one study (all, or the ``wanted`` ones)."""
+        study_uid, wanted = job.study_uid, job.wanted
         try:
             records = await self._limited(
                 lambda: self.client.search_series(
@@ -216,6 +250,10 @@ class _Download:
                 raise
             self._fail(SeriesFailure(study_uid, "", f"listing the study's series failed: {exc}"))
             return
+        if records.truncated:
+            self._fail(
+                SeriesFailure(study_uid, "", f"the series list is incomplete: {records.warning}")
+            )
         found = set()
         only = self.targets.only_series
         for record in records.records:
@@ -245,8 +283,22 @@ class _Download:
             await send.send(plan)
         for series_uid in sorted((wanted or set()) - found):
             self._fail(SeriesFailure(study_uid, series_uid, "series not found on the server"))
-        if wanted is None and not found and not self.targets.series_filters and not only:
+        unfiltered = wanted is None and not self.targets.series_filters and not only
+        if unfiltered and not found:
             self._fail(SeriesFailure(study_uid, "", "study not found on the server (no series)"))
+        elif (
+            unfiltered
+            and job.expected_series is not None
+            and len(records.records) < job.expected_series
+        ):
+            self._fail(
+                SeriesFailure(
+                    study_uid,
+                    "",
+                    f"the server lists {len(records.records)} series of the "
+                    f"{job.expected_series} its study record counts",
+                )
+            )
 
     # -- workers -------------------------------------------------------------------
 
@@ -288,11 +340,12 @@ class _Download:
                 await self._fetch_missing_one_by_one(state, None, listing)
                 return
         try:
+            # A broken transfer is retried whole; a clean answer that lacks instances
+            # is not (it would come short again): the missing ones are asked one by one.
             await retry_call(
                 self.retry,
                 lambda: self._stream_series(state),
                 describe=f"series {state.plan.series_uid}",
-                retryable=_retryable_or_short,
             )
         except KheopsAsyncError as exc:
             if not _retryable_or_short(exc):
@@ -330,9 +383,9 @@ class _Download:
             except InvalidDicomError as exc:
                 self._record_failed_part(state, f"part {part.index}: {exc}")
                 continue
-            self._commit(received, state)
+            await self._commit(received, state)
 
-    def _commit(self, received: ReceivedPart, state: _SeriesState) -> None:
+    async def _commit(self, received: ReceivedPart, state: _SeriesState) -> None:
         """Put a received part in its final place, or skip it if it is already there."""
         values = {**state.plan.known_values, **{k: v for k, v in received.values.items() if v}}
         sop_uid = values["SOPInstanceUID"]
@@ -340,11 +393,14 @@ class _Download:
             received.discard()
             return
         final = self.layout.resolve(self.root, values)
-        if not self.force and final.exists():
+        if not self.force and _is_complete_file(final):
             received.discard()
             record = self._record(values, final, InstanceStatus.SKIPPED, final.stat().st_size)
         else:
-            received.commit(final, fsync=self.fsync)
+            if self.fsync:  # fsync blocks for milliseconds: keep it off the event loop
+                await anyio.to_thread.run_sync(lambda: received.commit(final, fsync=True))
+            else:
+                received.commit(final)
             self.report.bytes_written += received.size
             record = self._record(values, final, InstanceStatus.WRITTEN, received.size)
         state.done[sop_uid] = record
@@ -420,7 +476,7 @@ class _Download:
         for record in listing:
             values = self._values_from_listing(state.plan, record)
             final = self.layout.resolve(self.root, values)
-            if final.exists() and values["SOPInstanceUID"] not in state.done:
+            if _is_complete_file(final) and values["SOPInstanceUID"] not in state.done:
                 entry = self._record(values, final, InstanceStatus.SKIPPED, final.stat().st_size)
                 state.done[values["SOPInstanceUID"]] = entry
                 self.report.instances.append(entry)
@@ -451,9 +507,16 @@ class _Download:
                     ) as reader,
                 ):
                     await self._store_parts(reader, state)
+                if sop_uid not in state.done:
+                    raise IncompleteSeriesError(f"instance {sop_uid} was not in the answer")
 
             try:
-                await retry_call(self.retry, attempt, describe=f"instance {sop_uid}")
+                await retry_call(
+                    self.retry,
+                    attempt,
+                    describe=f"instance {sop_uid}",
+                    retryable=_retryable_or_short,
+                )
             except KheopsAsyncError as exc:
                 if _is_fatal(exc):
                     raise
@@ -474,7 +537,7 @@ class _Download:
         for record in await self._list_instances(state.plan):
             values = self._values_from_listing(state.plan, record)
             final = self.layout.resolve(self.root, values)
-            exists = final.exists() and not self.force
+            exists = _is_complete_file(final) and not self.force
             status = InstanceStatus.SKIPPED if exists else InstanceStatus.PLANNED
             entry = self._record(values, final, status, final.stat().st_size if exists else None)
             self.report.instances.append(entry)
@@ -496,7 +559,7 @@ class _Download:
             if self.metadata_only == "instance":
                 size = self._write_json(final, item)
             else:
-                final = final.parent / "series_metadata.json"
+                final = final.parent / self._series_metadata_name(plan)
                 size = None
             entry = self._record(values, final, InstanceStatus.METADATA, size)
             state.done[values["SOPInstanceUID"]] = entry
@@ -517,6 +580,13 @@ class _Download:
             if value is not None:
                 values[keyword] = str(value)
         return values
+
+    def _series_metadata_name(self, plan: SeriesPlan) -> str:
+        """``series_metadata.json`` when the layout gives each series its own directory."""
+        directory = self.layout.template.rpartition("/")[0]
+        if "{SeriesInstanceUID}" in directory:
+            return "series_metadata.json"
+        return f"series_metadata_{sanitize_component(plan.series_uid)}.json"
 
     def _write_json(self, final: Path, payload: object) -> int:
         """Write JSON atomically (temporary file, then rename); skip if present."""
@@ -560,6 +630,22 @@ def _with_expected(plan: SeriesPlan, count: int) -> SeriesPlan:
         plan.series_date,
         plan.series_time,
     )
+
+
+MIN_PART10_SIZE = 132
+"""A DICOM Part-10 file is at least its 128-byte preamble and ``DICM``."""
+
+
+def _is_complete_file(path: Path) -> bool:
+    """Whether a final file is there and not an empty leftover of a crash.
+
+    Files are renamed into place only when complete, but without ``fsync`` a power
+    loss can leave a zero-length file at the final name: that one is fetched again.
+    """
+    try:
+        return path.stat().st_size >= MIN_PART10_SIZE
+    except OSError:
+        return False
 
 
 def _first_fatal(exc: Exception) -> Exception:

@@ -7,7 +7,6 @@ a server that ignores ``offset``) are testable without a network.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections.abc import (
@@ -20,6 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from kheops_async.dicomjson import DicomRecord, tag_hex
 from kheops_async.errors import ConfigurationError, OffsetIgnoredError
@@ -37,8 +37,9 @@ __all__ = [
 
 log = logging.getLogger("kheops_async")
 
-DEFAULT_PAGE_SIZE = 1000
-"""Records asked per QIDO request when paging (GCP allows 5000, Azure 200: both page)."""
+DEFAULT_PAGE_SIZE = 200
+"""Records asked per QIDO request when paging: Azure refuses a limit above 200 (400),
+GCP allows 5000, Kheops and Orthanc have no cap; paging gets the rest."""
 
 STUDY_LEVEL_KEYS = frozenset(
     tag_hex(k)
@@ -128,24 +129,35 @@ def build_query_params(
     return params
 
 
-def _value_matches(value: object, pattern: str) -> bool:
+_RANGE_VRS = frozenset({"DA", "TM", "DT"})
+
+
+@lru_cache(maxsize=256)
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive regex for a QIDO pattern: only ``*`` and ``?`` are special."""
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(f"^{body}$", re.IGNORECASE | re.DOTALL)
+
+
+def _value_matches(value: object, pattern: str, vr: str) -> bool:
     if isinstance(value, Mapping):
         value = value.get("Alphabetic", "")
-    text = str(value).strip().upper()
-    wanted = pattern.strip().upper()
-    if "-" in wanted and wanted.replace("-", "").isdigit():  # a date or time range
+    text = str(value).strip()
+    wanted = pattern.strip()
+    if vr in _RANGE_VRS and "-" in wanted:  # a date, time or datetime range
         low, _, high = wanted.partition("-")
-        return (not low or text >= low) and (not high or text[: len(high)] <= high)
-    if "\\" in wanted or ("," in wanted and not any(c in wanted for c in "*?")):
-        return any(_value_matches(text, p) for p in re.split(r"[\\,]", wanted))
-    return fnmatch.fnmatchcase(text, wanted)
+        return (not low or text[: len(low)] >= low) and (not high or text[: len(high)] <= high)
+    if vr == "UI" and ("\\" in wanted or "," in wanted):  # a list of UIDs
+        return any(_value_matches(text, p, vr) for p in re.split(r"[\\,]", wanted) if p)
+    return bool(_wildcard(wanted).match(text))
 
 
-def record_matches(record: DicomRecord, filters: Mapping[str, str]) -> bool:
+def record_matches(record: DicomRecord, filters: Mapping[str, str], *, fuzzy: bool = False) -> bool:
     """Whether the record satisfies every filter it carries an attribute for.
 
     Used to catch a server that silently ignored a filter: a record whose attribute
-    contradicts the filter is dropped. A record without the attribute is kept.
+    contradicts the filter is dropped. A record without the attribute is kept, and so
+    is a person name under fuzzy matching (the server's rules are its own).
     """
     for key, pattern in filters.items():
         if not pattern:
@@ -153,8 +165,11 @@ def record_matches(record: DicomRecord, filters: Mapping[str, str]) -> bool:
         element = record.raw.get(tag_hex(key))
         if not isinstance(element, Mapping) or "Value" not in element:
             continue
+        vr = str(element.get("vr", ""))
+        if fuzzy and vr == "PN":
+            continue
         values = element.get("Value") or []
-        if not any(_value_matches(v, pattern) for v in values):
+        if not any(_value_matches(v, pattern, vr) for v in values):
             return False
     return True
 
@@ -189,8 +204,14 @@ class QueryResult:
         return iter(self.records)
 
 
-def _fingerprint(records: Sequence[DicomRecord]) -> tuple[tuple[str | None, ...], ...]:
-    return tuple((r.study_uid, r.series_uid, r.sop_uid) for r in records)
+def _keys(records: Sequence[DicomRecord]) -> list[tuple[str | None, ...]]:
+    """Identities of records (their UIDs, else their whole content)."""
+    return [
+        (r.study_uid, r.series_uid, r.sop_uid)
+        if (r.study_uid or r.series_uid or r.sop_uid)
+        else (repr(sorted(r.raw.items())),)
+        for r in records
+    ]
 
 
 async def paginate(
@@ -214,7 +235,7 @@ async def paginate(
     if offset < 0:
         raise ConfigurationError("offset must be >= 0")
     position, returned = offset, 0
-    previous: tuple[tuple[str | None, ...], ...] | None = None
+    seen: set[tuple[str | None, ...]] = set()
     announced: int | None = None  # what the last non-empty page said was still to come
     while True:
         remaining = None if limit is None else limit - returned
@@ -227,14 +248,14 @@ async def paginate(
             announced = parse_additional_results(page.warning) or announced
             _finish(result, announced, returned, offset, limit, describe)
             return
-        fingerprint = _fingerprint(page.records)
-        if previous is not None and fingerprint == previous:
+        keys = _keys(page.records)
+        if seen and seen.issuperset(keys):
             raise OffsetIgnoredError(
-                f"{describe}: the server returned the same page for offset {position}; "
-                "it ignores 'offset', so paging cannot continue. Ask for a larger "
-                "--limit in one request, or narrow the query with filters."
+                f"{describe}: the server returned only records already seen for offset "
+                f"{position}; it ignores 'offset', so paging cannot continue. Ask for "
+                "everything in one request (--page-size 0), or narrow the query."
             )
-        previous = fingerprint
+        seen.update(keys)
         records = page.records if remaining is None else page.records[:remaining]
         for record in records:
             yield record

@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
+import socket
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,9 @@ PARTIAL_DIR_NAME = ".kheops-partial"
 HEADER_PROBE_BYTES = 64 * 1024
 """Bytes of a part's head kept in memory to read its header without a second read."""
 
+PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+"""(7FE0,0010) in little endian: when the head holds it, the header before it is whole."""
+
 REPORT_KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
@@ -49,6 +55,12 @@ REPORT_KEYWORDS = (
     "SeriesDate",
     "SeriesTime",
 )
+
+
+FOREIGN_PARTIAL_MAX_AGE = 24 * 3600.0
+"""Seconds after which a temporary file of another host is taken as abandoned."""
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "localhost"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -71,22 +83,34 @@ class PartialFiles:
         self.directory = root / PARTIAL_DIR_NAME
 
     def prepare(self) -> int:
-        """Create the area and delete files left by dead runs; return how many were removed."""
+        """Create the area and delete files left by dead runs; return how many were removed.
+
+        A file is removed when its run is gone: a PID of this host that no longer
+        runs, or any file older than :data:`FOREIGN_PARTIAL_MAX_AGE` (another host
+        sharing the directory over a network file system).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         removed = 0
+        now = time.time()
         for entry in self.directory.iterdir():
-            pid_text = entry.name.split(".", 1)[0]
+            pid_text, _, rest = entry.name.partition(".")
+            host = rest.partition(".")[2].removesuffix(".part")
             pid = int(pid_text) if pid_text.isdigit() else -1
-            if pid == os.getpid() or _pid_alive(pid):
-                continue
+            if host == _HOST:
+                if pid == os.getpid() or _pid_alive(pid):
+                    continue
+            else:
+                with contextlib.suppress(OSError):
+                    if now - entry.stat().st_mtime < FOREIGN_PARTIAL_MAX_AGE:
+                        continue
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
                 removed += 1
         return removed
 
     def new_path(self) -> Path:
-        """A fresh temporary file name, tagged with this process's PID."""
-        return self.directory / f"{os.getpid()}.{secrets.token_hex(8)}.part"
+        """A fresh temporary file name, tagged with this process's PID and host."""
+        return self.directory / f"{os.getpid()}.{secrets.token_hex(8)}.{_HOST}.part"
 
     def remove_if_empty(self) -> None:
         """Drop the area when nothing is left in it (end of a run)."""
@@ -202,15 +226,14 @@ def _read_large_part_header(
 ) -> dict[str, str]:
     """Header of a part larger than the probe: from its head, else from the file.
 
-    The head holds the header in practice; when it does not (huge private tags),
-    or a value came out empty because the head cut it off, the file is read.
+    The head holds the header in practice (it reaches the pixel data tag); when it
+    does not (huge private tags), the header is read from the file.
     """
     if head[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
+    if PIXEL_DATA_TAG_LE not in head:  # the header runs past the head: read the file
+        return read_header_values(temp_path, keywords)
     try:
-        values = read_header_values(head, keywords)
+        return read_header_values(head, keywords)
     except InvalidDicomError:
         return read_header_values(temp_path, keywords)
-    if all(values.values()):
-        return values
-    return read_header_values(temp_path, keywords)

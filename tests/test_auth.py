@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from kheops_async import ConfigurationError, DicomWebClient
+from kheops_async import ConfigurationError, DicomWebClient, HTTPStatusError
 from kheops_async.auth import Credentials, Redactor, normalize_base_url, split_link_url
 
 pytestmark = pytest.mark.anyio
@@ -107,4 +107,15 @@ async def test_lent_http_client_is_not_closed() -> None:
         result = await client.search_studies()
     assert result.records == []
     assert not http.is_closed
+    await http.aclose()
+
+
+async def test_a_redirect_is_an_error_naming_the_target() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(301, headers={"Location": "https://h.org/api/studies"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    async with DicomWebClient("http://h.org/api", http_client=http) as client:
+        with pytest.raises(HTTPStatusError, match=r"redirects to https://h\.org/api/studies"):
+            await client.search_studies()
     await http.aclose()

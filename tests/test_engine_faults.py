@@ -149,17 +149,21 @@ async def test_other_4xx_are_not_retried(
     assert report.written == others
 
 
-async def test_a_short_series_is_retried_then_completed(
+async def test_a_short_series_is_completed_instance_by_instance(
     server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
 ) -> None:
+    """A clean answer lacking instances is not retried whole: the missing ones are asked."""
+    short = f"{STUDIES[1]}.3"
     server.add_fault(f"/series/{STUDIES[0]}.2", OmitInstances(2), times=1)
-    # Short on every one of the 6 series attempts; then fetched instance by instance.
-    server.add_fault(f"/series/{STUDIES[1]}.3", OmitInstances(1), times=FAST_RETRY.attempts)
+    server.add_fault(f"/series/{short}", OmitInstances(1), times=1)
     report = await mirror(server, tmp_path)
     assert report.ok, report.failures
     assert_complete(tmp_path, archive)
-    one_by_one = server.requests_matching(f"/series/{STUDIES[1]}.3/instances/")
-    assert any(r.method == "GET" and not r.path.endswith("/instances") for r in one_by_one)
+    requests = server.requests_matching(f"/series/{short}")
+    whole = [r for r in requests if r.path.endswith(f"/series/{short}")]
+    single = [r for r in requests if "/instances/" in r.path]
+    assert len(whole) == 1
+    assert [r.path.rsplit("/", 1)[-1] for r in single] == [f"{short}.4"]
 
 
 async def test_non_dicom_part_is_reported_not_saved(
@@ -237,3 +241,41 @@ async def test_a_count_the_server_cannot_meet_is_reported(
     assert failure.expected == 5 and failure.received == 4
     assert "stays incomplete" in failure.error
     assert report.written == len(archive.all_instances())
+
+
+async def test_a_truncated_series_list_is_a_failure(archive: FakeArchive, tmp_path: Path) -> None:
+    with FakeDicomWebServer(archive, token=TOKEN, max_results=2) as srv:
+        async with DicomWebClient(
+            srv.base_url, token=TOKEN, page_size=None, retry=FAST_RETRY
+        ) as client:
+            report = await download(client, Targets(studies=[STUDIES[0]]), tmp_path)
+    assert not report.ok
+    assert any("series list is incomplete" in f.error for f in report.failures)
+    assert report.written == 8  # the two series it did list
+
+
+async def test_an_empty_leftover_file_is_fetched_again(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    await mirror(server, tmp_path)
+    victim = next(iter(sorted(tmp_path.rglob("*.dcm"))))
+    victim.write_bytes(b"")  # what a power loss without fsync can leave
+    report = await mirror(server, tmp_path)
+    assert report.ok and report.written == 1
+    assert_complete(tmp_path, archive)
+
+
+async def test_metadata_per_series_never_collides(
+    archive: FakeArchive, server: FakeDicomWebServer, tmp_path: Path
+) -> None:
+    async with DicomWebClient(server.base_url, token=TOKEN, retry=FAST_RETRY) as client:
+        report = await download(
+            client,
+            Targets(studies=[STUDIES[0]]),
+            tmp_path,
+            layout="{PatientID}/{SOPInstanceUID}.dcm",
+            metadata_only="series",
+        )
+    assert report.ok
+    files = sorted(p.name for p in tmp_path.rglob("*.json"))
+    assert files == sorted(f"series_metadata_{STUDIES[0]}.{r}.json" for r in (1, 2, 3))

@@ -233,3 +233,51 @@ async def test_empty_page_after_an_announcement_is_a_truncation() -> None:
     assert len(uids) == 2
     assert calls == 2
     assert result.truncated
+
+
+def test_filter_check_keeps_exact_matches_of_any_text() -> None:
+    """Regression: '2024-001' is no date range and '[' is no pattern outside dates."""
+    record = DicomRecord(
+        {
+            "00100020": {"vr": "LO", "Value": ["2024-001"]},
+            "00081030": {"vr": "LO", "Value": ["ABC[1]"]},
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]},
+            "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+        }
+    )
+    assert record_matches(record, {"PatientID": "2024-001"})
+    assert record_matches(record, {"StudyDescription": "ABC[1]"})
+    assert not record_matches(record, {"StudyDescription": "ABC1"})
+    assert record_matches(record, {"PatientName": "john"}, fuzzy=True)
+    assert not record_matches(record, {"PatientName": "john"})
+    assert record_matches(record, {"StudyInstanceUID": "9.9,1.2.3"})
+
+
+async def test_unstable_order_with_ignored_offset_is_detected() -> None:
+    """A server that ignores offset and shuffles pages still cannot loop forever."""
+    pages = [[study(0), study(1)], [study(1), study(0)], [study(0), study(1)]]
+    calls = 0
+
+    async def fetch(limit: int | None, offset: int) -> Page:
+        nonlocal calls
+        calls += 1
+        return Page(pages[min(calls - 1, 2)], total_count=100)
+
+    with pytest.raises(OffsetIgnoredError):
+        await collect_from(fetch)
+    assert calls == 2
+
+
+async def collect_from(fetch: object) -> list[str | None]:
+    result = QueryResult()
+    return [
+        r.study_uid
+        async for r in paginate(
+            fetch,
+            limit=None,
+            offset=0,
+            page_size=2,  # type: ignore[arg-type]
+            result=result,
+            describe="t",
+        )
+    ]
