@@ -1178,9 +1178,21 @@ def test_truncated_list_warns_at_default_verbosity(cli: Run, tmp_path: Path) -> 
         )
         paged = cli("list", "studies", "--url", server.base_url, "-d", "--page-size", "1")
         quiet = cli("list", "studies", "--url", server.base_url, "-d", "--page-size", "0", "-q")
+        capped_download = cli(
+            "download",
+            "studies",
+            "--url",
+            server.base_url,
+            "-o",
+            str(tmp_path / "d"),
+            "--page-size",
+            "0",
+        )
         server.ignore_offset = True
         broken = cli("list", "studies", "--url", server.base_url, "-d")
-    assert capped.exit_code == 0, capped.output
+    assert capped.exit_code == ExitCode.INCOMPLETE, capped.output
+    assert capped_download.exit_code == ExitCode.INCOMPLETE, capped_download.output
+    assert "the study list is incomplete" in capped_download.stderr
     assert "holds back 1 more results" in capped.stderr
     assert "warning: the list is incomplete" in capped.stderr
     assert len(read_csv(only_table(tmp_path, "available_studies"))) == 2

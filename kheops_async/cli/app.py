@@ -37,7 +37,7 @@ from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT
 __all__ = ["KheopsGroup", "main"]
 
 EPILOG = """\b
-Exit status: 0 ok; 1 download incomplete (failures listed); 2 usage or bad
+Exit status: 0 ok; 1 incomplete (failures listed, or a list cut short); 2 usage or bad
 input (option, URL, UID, filter, --in-file; output directory unwritable or full);
 3 authentication or permission refused (401/403: check the token); 4 server,
 network or protocol error; 70 internal error; 130 interrupted.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
@@ -56,6 +56,8 @@ class DownloadJob:
     metadata_only: MetadataMode | None = None
     transfer_syntax: str = "*"
     progress_interval: float = DEFAULT_LOG_INTERVAL
+    incomplete_listings: list[str] = field(default_factory=list, compare=False)
+    """Study queries the server cut short: the run is incomplete even if all went well."""
 
     @property
     def table_kind(self) -> str:
@@ -83,6 +85,7 @@ class DownloadJob:
             click.echo(f"warning: {what} not found (or it does not match the filters)", err=True)
         for warning in finder.incomplete:
             click.echo(f"warning: the study list is incomplete: {warning}", err=True)
+        self.incomplete_listings.extend(finder.incomplete)
         uids = list(dict.fromkeys(r.study_uid for r in studies if r.study_uid))
         if not uids:
             click.echo("warning: no study matches the selection: nothing to download", err=True)
@@ -157,17 +160,13 @@ class DownloadJob:
                 )
         else:
             if not quiet:
-                summary = report.summary()
-                if self.metadata_only:
-                    saved = sum(1 for r in report.instances if r.status is InstanceStatus.METADATA)
-                    summary += f"; metadata of {saved} instances saved"
-                click.echo(f"done: {summary}", err=True)
+                click.echo(f"done: {report.summary()}", err=True)
             table = download_table(report, kind=self.table_kind, root=self.output.out_dir)
             path = write_csv_file(table, self.output.out_dir, timestamp())
             if not quiet:
                 click.echo(f"saved the list of {len(table)} instances to {path}", err=True)
-        if report.ok:
+        if report.ok and not self.incomplete_listings:
             return ExitCode.OK
-        count = len(report.failures) + report.failed
+        count = len(report.failures) + report.failed + len(self.incomplete_listings)
         click.echo(f"error: the download is incomplete ({count} failures, listed above)", err=True)
         return ExitCode.INCOMPLETE

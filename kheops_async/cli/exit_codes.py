@@ -7,7 +7,8 @@ else. The table is part of the command line's contract (scripts test ``$?``):
 code  name         meaning
 ====  ===========  ===============================================================
 0     OK           everything asked for was listed or downloaded
-1     INCOMPLETE   the download finished but some series or instances failed
+1     INCOMPLETE   the download finished but some series or instances failed, or the
+                   server cut a list short (list or download)
 2     USAGE        bad option or input: usage error, bad URL, malformed UID, unknown
                    filter key, bad layout, unreadable ``--in-file``; an output
                    directory that cannot be written (unwritable, full)

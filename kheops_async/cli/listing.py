@@ -56,7 +56,7 @@ class ListJob:
             path = write_csv_file(table, self.output.out_dir, timestamp())
             if not self.output.quiet:
                 click.echo(f"saved {len(table)} {table.noun} to {path}", err=True)
-        return ExitCode.OK
+        return ExitCode.INCOMPLETE if finder.incomplete else ExitCode.OK
 
     async def _table(self, finder: Finder, client: DicomWebClient) -> Table:
         log.info("listing %s from %s", self.level, client.safe(client.base_url))
