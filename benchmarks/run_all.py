@@ -374,6 +374,13 @@ def evaluate_targets(cases: dict[str, Any], parser: dict[str, Any] | None) -> li
 # -- output ---------------------------------------------------------------------------------
 
 
+def _num(value: float) -> str:
+    """Three significant figures or so: 1234, 123, 12.3, 1.23."""
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
@@ -402,16 +409,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "(bytes written / seconds from the start of download(), i.e. without interpreter "
         "start-up, imports and client set-up).",
         "",
-        "| case | tool | wall s | MB/s | inst/s | CPU s | peak RSS MB | others CPU s | runs ok |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | tool | wall s | MB/s | inst/s | CPU s | peak RSS MB | others CPU s | runs ok "
+        "| engine MB/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, case in report["cases"].items():
         for tool, s in case["tools"].items():
             lines.append(
                 f"| {name} | {tool} | {s['wall_s']:.2f} | {s['mb_per_s']:.1f} "
-                f"| {s['instances_per_s']:.0f} | {s['cpu_s']:.2f} | {s['peak_rss_mb']:.0f} "
+                f"| {_num(s['instances_per_s'])} | {s['cpu_s']:.2f} | {s['peak_rss_mb']:.0f} "
                 f"| {s['others_cpu_s']:.2f} | {s['verified_runs']}/{s['runs']} "
-                f"| {s['engine_mb_per_s'] or '':} |"
+                f"| {_num(s['engine_mb_per_s']) if s['engine_mb_per_s'] else ''} |"
             )
     lines += ["", "Cases:", ""]
     for name, case in report["cases"].items():
@@ -547,6 +555,9 @@ def parse_args() -> argparse.Namespace:
         help="where the temporary Orthanc and outputs go",
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--render", type=Path, metavar="RESULTS_JSON", help="only re-render its markdown"
+    )
     args = parser.parse_args()
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     args.runs = args.runs or (1 if args.quick else 3)
@@ -558,6 +569,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(render_markdown(report))
+        print(f"wrote {args.render.with_suffix('.md')}")
+        return
     for binary in ("curl", "xargs"):
         if shutil.which(binary) is None:
             raise SystemExit(f"{binary} is not installed")

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -169,7 +170,14 @@ def _series_url(base: str, study_uid: str, series_uid: str) -> str:
 
 @functools.cache
 def kheops_async_command() -> list[str]:
-    """``kheops-async download studies`` if that command works, else the library runner."""
+    """``kheops-async download studies`` if that command works, else the library runner.
+
+    ``$KHEOPS_ASYNC_BENCH_COMMAND`` overrides both (a command taking the library runner's
+    arguments), e.g. to measure a patched build side by side.
+    """
+    override = os.environ.get("KHEOPS_ASYNC_BENCH_COMMAND")
+    if override:
+        return shlex.split(override)
     script = Path(sys.executable).parent / "kheops-async"
     if script.exists():
         command = [str(script), "download", "studies"]
@@ -199,10 +207,11 @@ def dicomweb_client() -> Tool:
 
 
 def kheops_async(concurrency: int) -> Tool:
-    if kheops_async_command()[0].endswith("kheops-async"):
+    command = kheops_async_command()
+    if command[0].endswith("kheops-async"):
         label = "kheops-async download studies (the CLI)"
     else:
-        label = "ka_library_runner.py (library download(); the CLI does not exist yet)"
+        label = " ".join(Path(arg).name for arg in command)
     return Tool(f"kheops-async -j {concurrency}", "ka", concurrency, label)
 
 

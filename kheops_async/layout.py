@@ -98,13 +98,10 @@ class Layout:
     def resolve(self, root: Path, values: Mapping[str, object]) -> Path:
         """The final path inside ``root`` (an absolute, resolved directory).
 
-        Every component is sanitised and ``..``-free, so the join stays inside
-        ``root`` lexically; no per-file ``realpath`` is needed.
+        :meth:`render` yields only sanitised, ``..``-free, relative components, so the
+        join stays inside ``root`` by construction; no per-file ``realpath`` is needed.
         """
-        final = root / self.render(values)
-        if root not in final.parents:
-            raise ConfigurationError(f"refusing to write outside {root}: {final}")
-        return final
+        return root / self.render(values)
 
     def with_suffix(self, suffix: str) -> Layout:
         """The same layout with another file extension (``.json`` for metadata)."""

@@ -20,11 +20,17 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.filereader import data_element_generator, read_partial
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from kheops_async.errors import InvalidDicomError
 from kheops_async.report import DownloadProgress
@@ -126,26 +132,119 @@ def _element_text(value: Any) -> str:
     return str(value)
 
 
+@lru_cache(maxsize=64)
+def _header_tags(keywords: tuple[str, ...]) -> tuple[tuple[tuple[str, BaseTag], ...], BaseTag]:
+    """(keyword, tag) pairs of the wanted keywords, and the largest tag among them."""
+    pairs = []
+    for keyword in dict.fromkeys([*keywords, "SOPInstanceUID"]):
+        number = tag_for_keyword(keyword)
+        if number is not None:
+            pairs.append((keyword, Tag(number)))
+    return tuple(pairs), max(tag for _, tag in pairs)
+
+
+def _value_text(dataset: Dataset, tag: BaseTag) -> str:
+    """An element's value as text, straight from its raw bytes when they are ASCII.
+
+    Converting raw elements through pydicom's value machinery costs more than the
+    rest of the header read; VRs that are ASCII by definition (UIDs, dates, times,
+    codes) need none of it. Text that depends on the character set (names, IDs)
+    goes through pydicom, which applies (0008,0005).
+    """
+    element = dataset.get_item(tag)
+    if element is None:
+        return ""
+    if isinstance(element, RawDataElement):
+        raw = element.value
+        if raw is None:
+            return ""
+        if element.VR in _PLAIN_ASCII_VRS and isinstance(raw, bytes) and raw.isascii():
+            return raw.decode("ascii").strip(" \x00")
+        return _element_text(dataset[tag].value)
+    return _element_text(element.value)
+
+
+_PLAIN_ASCII_VRS = frozenset({"UI", "DA", "TM", "DT", "CS", "AS", "IS", "DS"})
+"""VRs whose bytes are ASCII whatever the Specific Character Set: decoded directly."""
+
+
 def read_header_values(source: bytes | Path, keywords: Iterable[str]) -> dict[str, str]:
     """Read ``keywords`` from a Part-10 header (bytes or a file), pixels never read.
 
+    Reading stops at the first element after the last wanted tag, so the pixel data
+    (and everything else after the wanted tags) is never parsed.
     Raises :class:`InvalidDicomError` when the source is not a DICOM Part-10 file or
     lacks a SOPInstanceUID.
     """
-    wanted = list(dict.fromkeys([*keywords, "SOPInstanceUID"]))
-    fp: Any = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    pairs, last = _header_tags(tuple(keywords))
     try:
-        with warnings.catch_warnings():
+        with (
+            (
+                io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
+            ) as fp,
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
-            dataset = dcmread(fp, stop_before_pixels=True, specific_tags=wanted)
-            values = {k: _element_text(dataset.get(k)) for k in wanted}
+            dataset = _read_wanted_elements(fp, pairs, last)
+            values = {keyword: _value_text(dataset, tag) for keyword, tag in pairs}
     except PydicomInvalidDicomError as exc:
         raise InvalidDicomError(f"not a DICOM Part-10 file: {exc}") from None
+    except InvalidDicomError:
+        raise
     except Exception as exc:  # pydicom raises many types on garbage
         raise InvalidDicomError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
     if not values.get("SOPInstanceUID"):
         raise InvalidDicomError("the DICOM header has no SOPInstanceUID")
     return values
+
+
+_TRANSFER_SYNTAX_TAG = Tag(0x0002, 0x0010)
+_CHARACTER_SET_TAG = Tag(0x0008, 0x0005)
+
+
+def _read_wanted_elements(
+    fp: BinaryIO, pairs: tuple[tuple[str, BaseTag], ...], last: BaseTag
+) -> Dataset:
+    """The wanted elements (raw) of a Part-10 stream, read with pydicom's element reader.
+
+    pydicom's ``dcmread`` builds and converts the whole file meta and every element
+    before the wanted ones; this reads the file meta's transfer syntax, then only the
+    element headers up to the last wanted tag. Deflated files take pydicom's full path.
+    """
+    preamble = fp.read(132)
+    if len(preamble) < 132 or preamble[128:132] != b"DICM":
+        raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
+    meta = {
+        element.tag: element
+        for element in data_element_generator(
+            fp, False, True, stop_when=lambda tag, vr, length: tag.group != 2
+        )
+    }
+    syntax_element = meta.get(_TRANSFER_SYNTAX_TAG)
+    syntax = UID(_raw_text(syntax_element)) if syntax_element is not None else None
+    if syntax is None or syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+        fp.seek(0)
+        return read_partial(
+            fp,
+            stop_when=lambda tag, vr, length: bool(tag > last),
+            specific_tags=[tag for _, tag in pairs],
+        )
+    wanted: list[BaseTag | int] = [*(tag for _, tag in pairs), _CHARACTER_SET_TAG]
+    elements = data_element_generator(
+        fp,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, vr, length: bool(tag > last),
+        specific_tags=wanted,
+    )
+    return Dataset({element.tag: element for element in elements if element.tag in wanted})
+
+
+def _raw_text(element: RawDataElement | DataElement) -> str:
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return "" if value is None else str(value)
 
 
 @dataclass
@@ -163,14 +262,19 @@ class ReceivedPart:
 
     def commit(self, final_path: Path, *, fsync: bool = False) -> None:
         """Move the temporary file to ``final_path`` atomically (replacing any file)."""
-        final_path.parent.mkdir(parents=True, exist_ok=True)
         if fsync:
             fd = os.open(self.temp_path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(self.temp_path, final_path)
+        try:
+            os.replace(self.temp_path, final_path)
+        except FileNotFoundError:  # the first file of its directory: make it, once
+            if not self.temp_path.exists():
+                raise
+            final_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.temp_path, final_path)
         if fsync:
             dir_fd = os.open(final_path.parent, os.O_RDONLY)
             try:
