@@ -229,7 +229,8 @@ def _read_wanted_elements(
             stop_when=lambda tag, vr, length: bool(tag > last),
             specific_tags=[tag for _, tag in pairs],
         )
-    wanted: list[BaseTag | int] = [*(tag for _, tag in pairs), _CHARACTER_SET_TAG]
+    # A set, though typed as a list by pydicom: membership is tested per element.
+    wanted: Any = {int(tag) for _, tag in pairs} | {int(_CHARACTER_SET_TAG)}
     elements = data_element_generator(
         fp,
         syntax.is_implicit_VR,
