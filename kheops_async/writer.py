@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -47,7 +48,9 @@ __all__ = [
 
 PARTIAL_DIR_NAME = ".kheops-partial"
 HEADER_PROBE_BYTES = 64 * 1024
-"""Bytes of a part's head kept in memory to read its header without a second read."""
+"""Bytes of a large part's head kept in memory to read its header without a second read."""
+SMALL_PART_BYTES = 1024 * 1024
+"""Parts up to this size are gathered in memory and written in one go (see receive_part)."""
 
 PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 """(7FE0,0010) in little endian: when the head holds it, the header before it is whole."""
@@ -292,38 +295,71 @@ async def receive_part(
 ) -> ReceivedPart:
     """Stream one part into a new temporary file and read its DICOM header.
 
-    Memory held: one network chunk plus at most :data:`HEADER_PROBE_BYTES` of head.
-    The temporary file is removed if anything fails (including cancellation), and
-    :class:`InvalidDicomError` is raised for a part that is not DICOM.
+    A part up to :data:`SMALL_PART_BYTES` is gathered in memory and written, closed
+    and header-read in one worker-thread call: file creation is the slowest step on
+    many file systems, and off the event loop it overlaps with the network. A larger
+    part streams to its file chunk by chunk. Memory held: at most
+    ``SMALL_PART_BYTES`` plus one network chunk. The temporary file is removed if
+    anything fails (including cancellation); :class:`InvalidDicomError` is raised
+    for a part that is not DICOM.
     """
     content_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
     temp_path = partial.new_path()
+    chunks: list[bytes] = []
+    buffered = 0
+    sink: BinaryIO | None = None
     head = bytearray()
-    size = 0
     committed = False
     try:
-        with open(temp_path, "xb", buffering=0) as sink:
-            async for chunk in part:
-                size += len(chunk)
-                if progress is not None:
-                    progress.bytes_done += len(chunk)
+        async for chunk in part:
+            if progress is not None:
+                progress.bytes_done += len(chunk)
+            if sink is None:
+                chunks.append(chunk)
+                buffered += len(chunk)
+                if buffered > SMALL_PART_BYTES:  # a large part: stream it to its file
+                    head += b"".join(chunks)[:HEADER_PROBE_BYTES]
+                    sink = open(temp_path, "xb", buffering=0)  # noqa: SIM115 - closed below
+                    sink.writelines(chunks)
+                    chunks.clear()
+            else:
+                buffered += len(chunk)
                 if len(head) < HEADER_PROBE_BYTES:
                     head += chunk[: HEADER_PROBE_BYTES - len(head)]
                 sink.write(chunk)
+        if sink is not None:
+            sink.close()
         if content_type != "application/dicom":
             raise InvalidDicomError(
                 f"part {part.index} has Content-Type {content_type!r}, not DICOM"
             )
-        if size <= HEADER_PROBE_BYTES:
-            values = read_header_values(bytes(head), keywords)
+        if sink is None:
+            data = b"".join(chunks)
+            chunks.clear()
+            values = await anyio.to_thread.run_sync(
+                _write_small_part, temp_path, data, tuple(keywords)
+            )
         else:
             values = _read_large_part_header(bytes(head), temp_path, keywords)
         committed = True
-        return ReceivedPart(temp_path, size, values)
+        return ReceivedPart(temp_path, buffered, values)
     finally:
+        if sink is not None and not sink.closed:
+            sink.close()
         if not committed:
             with contextlib.suppress(FileNotFoundError):
                 temp_path.unlink()
+
+
+def _write_small_part(temp_path: Path, data: bytes, keywords: tuple[str, ...]) -> dict[str, str]:
+    """Read the header of a whole part, then write it to its new temporary file.
+
+    The header is read first, so a part that is not DICOM is never written.
+    """
+    values = read_header_values(data, keywords)
+    with open(temp_path, "xb", buffering=0) as sink:
+        sink.write(data)
+    return values
 
 
 def _read_large_part_header(

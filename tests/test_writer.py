@@ -80,3 +80,49 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path: Path) -> None:
     foreign.write_bytes(b"x")
     assert partial.prepare() == 1
     assert mine.exists() and foreign.exists() and not dead.exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first_chunk", [1, 7, 65536])
+async def test_large_and_small_parts_are_written_byte_for_byte(
+    tmp_path: Path, first_chunk: int
+) -> None:
+    """Parts below and above SMALL_PART_BYTES, whatever the first chunk's size."""
+    from kheops_async.demo import generate_dataset
+    from kheops_async.streaming import MultipartReader
+    from kheops_async.writer import SMALL_PART_BYTES, receive_part
+
+    small, large = generate_dataset(
+        patients=1,
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=2,
+        pixel_bytes=SMALL_PART_BYTES + 300_000,
+    )
+    small_data = small.data[: SMALL_PART_BYTES // 2]  # a valid header, truncated pixels
+    body = (
+        b"".join(
+            b"--B\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+            for data in (small_data, large.data)
+        )
+        + b"--B--\r\n"
+    )
+    pieces = [body[:first_chunk]] + [
+        body[i : i + 65536] for i in range(first_chunk, len(body), 65536)
+    ]
+
+    async def receive() -> bytes:
+        return pieces.pop(0) if pieces else b""
+
+    partial = PartialFiles(tmp_path)
+    partial.prepare()
+    results = []
+    async for part in MultipartReader(receive, "B"):
+        received = await receive_part(part, partial, REPORT_KEYWORDS)
+        results.append(
+            (received.values["SOPInstanceUID"], received.temp_path.read_bytes(), received.size)
+        )
+    assert results == [
+        (small.sop_uid, small_data, len(small_data)),
+        (large.sop_uid, large.data, len(large.data)),
+    ]
