@@ -25,7 +25,7 @@ from typing import Literal, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kheops_async.client import DicomWebClient
 from kheops_async.dicomjson import DicomRecord
@@ -50,13 +50,22 @@ from kheops_async.retry import RetryPolicy, is_retryable, retry_call
 from kheops_async.streaming import MultipartReader
 from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
 from kheops_async.uids import is_valid_uid
-from kheops_async.writer import REPORT_KEYWORDS, PartialFiles, ReceivedPart, receive_part
+from kheops_async.writer import (
+    REPORT_KEYWORDS,
+    PartBody,
+    PartialFiles,
+    ReceivedPart,
+    finish_body,
+    receive_body,
+)
 
 __all__ = ["DEFAULT_CONCURRENCY", "MetadataMode", "download"]
 
 log = logging.getLogger("kheops_async")
 
 DEFAULT_CONCURRENCY = 4
+WRITE_AHEAD_PARTS = 2
+"""Received parts a series may hold in memory while earlier ones are being written."""
 MAX_PLANNERS = 4
 """Tasks expanding studies into series at once (each holds a request slot while it asks)."""
 PLANNER_BUFFER = 16
@@ -377,13 +386,56 @@ class _Download:
             )
 
     async def _store_parts(self, reader: MultipartReader, state: _SeriesState) -> None:
-        async for part in reader:
+        """Receive parts and finish their files in a two-stage pipeline.
+
+        The event loop receives part n+1 while a worker thread checks and writes part
+        n (file creation is slow on many file systems). At most
+        :data:`WRITE_AHEAD_PARTS` received parts wait for their turn. If the answer
+        breaks off, the parts already received are still finished before the error
+        is raised (a retry then skips them).
+        """
+        send, receive = anyio.create_memory_object_stream[PartBody](WRITE_AHEAD_PARTS)
+        errors: list[Exception] = []
+
+        async def finish_all() -> None:
             try:
-                received = await receive_part(part, self.partial, self.keywords, self.progress)
-            except InvalidDicomError as exc:
-                self._record_failed_part(state, f"part {part.index}: {exc}")
-                continue
-            await self._commit(received, state)
+                async for body in receive:
+                    await self._finish(body, state)
+            except Exception as exc:  # stop receiving: this failure ends the attempt
+                errors.append(exc)
+                group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(finish_all)
+                try:
+                    async with send:
+                        async for part in reader:
+                            body = await receive_body(part, self.partial, self.progress)
+                            try:
+                                await send.send(body)
+                            except BaseException:
+                                body.discard()
+                                raise
+                except Exception as exc:  # the writer finishes what came before the failure
+                    errors.append(exc)
+        finally:
+            _discard_queued(receive)  # parts left by a failure or a cancellation
+            receive.close()
+        if errors:
+            raise errors[0]
+
+    async def _finish(self, body: PartBody, state: _SeriesState) -> None:
+        """Check one received part and put it in place (its blocking work in a thread)."""
+        try:
+            received = await anyio.to_thread.run_sync(finish_body, body, self.keywords)
+        except InvalidDicomError as exc:
+            self._record_failed_part(state, f"part {body.index}: {exc}")
+            return
+        except BaseException:
+            body.discard()
+            raise
+        await self._commit(received, state)
 
     async def _commit(self, received: ReceivedPart, state: _SeriesState) -> None:
         """Put a received part in its final place, or skip it if it is already there."""
@@ -618,6 +670,15 @@ class _Download:
                 received=len(state.done),
             )
         )
+
+
+def _discard_queued(receive: MemoryObjectReceiveStream[PartBody]) -> None:
+    """Delete the temporary files of parts still queued (after a failure or cancel)."""
+    while True:
+        try:
+            receive.receive_nowait().discard()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return
 
 
 def _with_expected(plan: SeriesPlan, count: int) -> SeriesPlan:

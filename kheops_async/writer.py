@@ -40,9 +40,12 @@ from kheops_async.streaming import RetrievedPart
 __all__ = [
     "HEADER_PROBE_BYTES",
     "PARTIAL_DIR_NAME",
+    "PartBody",
     "PartialFiles",
     "ReceivedPart",
+    "finish_body",
     "read_header_values",
+    "receive_body",
     "receive_part",
 ]
 
@@ -287,79 +290,115 @@ class ReceivedPart:
                 os.close(dir_fd)
 
 
+@dataclass
+class PartBody:
+    """A part's body as received, before its header is checked and its file finished.
+
+    Small parts are held in ``data``; a large part is already streaming into
+    ``temp_path`` (``data`` is ``None``) with its first bytes in ``head``.
+    """
+
+    index: int
+    content_type: str
+    temp_path: Path
+    size: int
+    data: bytes | None
+    head: bytes
+
+    def discard(self) -> None:
+        """Forget the part and delete its temporary file, if any."""
+        self.data = None
+        with contextlib.suppress(FileNotFoundError):
+            self.temp_path.unlink()
+
+
+async def receive_body(
+    part: RetrievedPart, partial: PartialFiles, progress: DownloadProgress | None = None
+) -> PartBody:
+    """Receive one part from the network: in memory if small, else into its temp file.
+
+    A part up to :data:`SMALL_PART_BYTES` is gathered in memory, so that its file
+    is created and written later in one go, off the event loop (:func:`finish_body`);
+    a larger part streams to its temporary file chunk by chunk. Memory held: at most
+    ``SMALL_PART_BYTES`` plus one network chunk. On any failure (including
+    cancellation) the temporary file is removed.
+    """
+    content_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
+    temp_path = partial.new_path()
+    chunks: list[bytes] = []
+    size = 0
+    sink: BinaryIO | None = None
+    head = bytearray()
+    done = False
+    try:
+        async for chunk in part:
+            size += len(chunk)
+            if progress is not None:
+                progress.bytes_done += len(chunk)
+            if sink is None:
+                chunks.append(chunk)
+                if size > SMALL_PART_BYTES:  # a large part: stream it to its file
+                    head += b"".join(chunks)[:HEADER_PROBE_BYTES]
+                    sink = open(temp_path, "xb", buffering=0)  # noqa: SIM115 - closed below
+                    sink.writelines(chunks)
+                    chunks.clear()
+            else:
+                if len(head) < HEADER_PROBE_BYTES:
+                    head += chunk[: HEADER_PROBE_BYTES - len(head)]
+                sink.write(chunk)
+        done = True
+        data = b"".join(chunks) if sink is None else None
+        return PartBody(part.index, content_type, temp_path, size, data, bytes(head))
+    finally:
+        if sink is not None:
+            sink.close()
+            if not done:
+                with contextlib.suppress(FileNotFoundError):
+                    temp_path.unlink()
+
+
+def finish_body(body: PartBody, keywords: Sequence[str]) -> ReceivedPart:
+    """Check a received part and complete its temporary file; blocking (run in a thread).
+
+    Reads the DICOM header (before writing a small part, so that a part that is
+    not DICOM is never written). Raises :class:`InvalidDicomError`, after deleting
+    the temporary file, for a part that is not DICOM.
+    """
+    try:
+        if body.content_type != "application/dicom":
+            raise InvalidDicomError(
+                f"part {body.index} has Content-Type {body.content_type!r}, not DICOM"
+            )
+        if body.data is not None:
+            values = read_header_values(body.data, keywords)
+            with open(body.temp_path, "xb", buffering=0) as sink:
+                sink.write(body.data)
+            body.data = None
+        else:
+            values = _read_large_part_header(body.head, body.temp_path, keywords)
+    except BaseException:
+        body.discard()
+        raise
+    return ReceivedPart(body.temp_path, body.size, values)
+
+
 async def receive_part(
     part: RetrievedPart,
     partial: PartialFiles,
     keywords: Sequence[str],
     progress: DownloadProgress | None = None,
 ) -> ReceivedPart:
-    """Stream one part into a new temporary file and read its DICOM header.
+    """Receive one part and complete its temporary file (both steps, one after the other).
 
-    A part up to :data:`SMALL_PART_BYTES` is gathered in memory and written, closed
-    and header-read in one worker-thread call: file creation is the slowest step on
-    many file systems, and off the event loop it overlaps with the network. A larger
-    part streams to its file chunk by chunk. Memory held: at most
-    ``SMALL_PART_BYTES`` plus one network chunk. The temporary file is removed if
-    anything fails (including cancellation); :class:`InvalidDicomError` is raised
-    for a part that is not DICOM.
+    The engine runs the two steps in a pipeline instead: the next part is received
+    while the previous one is written.
     """
-    content_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
-    temp_path = partial.new_path()
-    chunks: list[bytes] = []
-    buffered = 0
-    sink: BinaryIO | None = None
-    head = bytearray()
-    committed = False
+    body = await receive_body(part, partial, progress)
     try:
-        async for chunk in part:
-            if progress is not None:
-                progress.bytes_done += len(chunk)
-            if sink is None:
-                chunks.append(chunk)
-                buffered += len(chunk)
-                if buffered > SMALL_PART_BYTES:  # a large part: stream it to its file
-                    head += b"".join(chunks)[:HEADER_PROBE_BYTES]
-                    sink = open(temp_path, "xb", buffering=0)  # noqa: SIM115 - closed below
-                    sink.writelines(chunks)
-                    chunks.clear()
-            else:
-                buffered += len(chunk)
-                if len(head) < HEADER_PROBE_BYTES:
-                    head += chunk[: HEADER_PROBE_BYTES - len(head)]
-                sink.write(chunk)
-        if sink is not None:
-            sink.close()
-        if content_type != "application/dicom":
-            raise InvalidDicomError(
-                f"part {part.index} has Content-Type {content_type!r}, not DICOM"
-            )
-        if sink is None:
-            data = b"".join(chunks)
-            chunks.clear()
-            values = await anyio.to_thread.run_sync(
-                _write_small_part, temp_path, data, tuple(keywords)
-            )
-        else:
-            values = _read_large_part_header(bytes(head), temp_path, keywords)
-        committed = True
-        return ReceivedPart(temp_path, buffered, values)
-    finally:
-        if sink is not None and not sink.closed:
-            sink.close()
-        if not committed:
-            with contextlib.suppress(FileNotFoundError):
-                temp_path.unlink()
-
-
-def _write_small_part(temp_path: Path, data: bytes, keywords: tuple[str, ...]) -> dict[str, str]:
-    """Read the header of a whole part, then write it to its new temporary file.
-
-    The header is read first, so a part that is not DICOM is never written.
-    """
-    values = read_header_values(data, keywords)
-    with open(temp_path, "xb", buffering=0) as sink:
-        sink.write(data)
-    return values
+        return await anyio.to_thread.run_sync(finish_body, body, tuple(keywords))
+    except BaseException:
+        body.discard()
+        raise
 
 
 def _read_large_part_header(
