@@ -22,7 +22,8 @@ from kheops_async import DEFAULT_CONCURRENCY, DicomWebClient, Targets, download
 
 async def run(url: str, out_dir: Path, concurrency: int, studies: list[str]) -> int:
     async with DicomWebClient(url, concurrency=concurrency) as client:
-        report = await download(client, Targets(studies=studies), out_dir, concurrency=concurrency)
+        targets = Targets(studies=studies) if studies else Targets(query={})
+        report = await download(client, targets, out_dir, concurrency=concurrency)
     print(f"kheops-async (library): {report.summary()}", file=sys.stderr)
     return 0 if report.ok else 1
 

@@ -46,6 +46,7 @@ import httpx  # noqa: E402
 
 from benchmarks.datasets import SCENARIOS, Case, DataGroup, groups_for, load_group  # noqa: E402
 from benchmarks.tools import (  # noqa: E402
+    TOOL_ENVIRONMENT,
     RunResult,
     Tool,
     clear_directory,
@@ -120,6 +121,33 @@ def orthanc_versions(server: OrthancServer) -> dict[str, str]:
         plugin = client.get("/plugins/dicom-web")
         plugin_version = plugin.json().get("Version", "?") if plugin.status_code == 200 else "?"
     return {"orthanc": str(system.get("Version")), "dicomweb_plugin": str(plugin_version)}
+
+
+def snapshot_library(workdir: Path) -> dict[str, Any]:
+    """Copy ``kheops_async`` aside and make every tool run import that copy.
+
+    The package is installed in editable mode and may be edited while a long benchmark
+    runs; the copy pins the measured code to one version (recorded in the results).
+    """
+    target = workdir / "library"
+    shutil.copytree(
+        REPO / "kheops_async",
+        target / "kheops_async",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    TOOL_ENVIRONMENT["PYTHONPATH"] = str(target)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "commit_subject": git("log", "-1", "--format=%s"),
+        "uncommitted_library_changes": git("status", "--porcelain", "--", "kheops_async"),
+    }
 
 
 # -- the latency proxy ----------------------------------------------------------------------
@@ -214,7 +242,7 @@ class Bench:
             loadavg_1m=loadavg,
             engine_mb_per_s=_engine_rate(log) if tool.kind == "ka" else 0.0,
         )
-        mbps = case.payload_bytes / MB / wall
+        mbps = case.payload_bytes / MB / max(wall, 1e-9)
         flag = "" if ok else f"  FAILED: {problem} (log {log})"
         print(
             f"  {case.name} run {run} {tool.name:<22} {wall:7.2f} s {mbps:8.1f} MB/s "
@@ -394,7 +422,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"(requests {machine['requests']}); {machine['curl']}",
         f"- Orthanc {report.get('orthanc', {}).get('orthanc', '?')}, DICOMweb plugin "
         f"{report.get('orthanc', {}).get('dicomweb_plugin', '?')} (own process, loopback)",
-        f"- kheops-async run as: `{report['kheops_async_command']}`",
+        f"- kheops-async run as: `{report['kheops_async_command']}`; library at commit "
+        f"{report['library']['commit']} ({report['library']['commit_subject']})"
+        + (", with uncommitted changes" if report["library"]["uncommitted_library_changes"] else "")
+        + " (a copy taken at the start, so edits during the run do not mix versions)",
         f"- Runs per figure: {report['settings']['runs']} (median wall; peak RSS = max over "
         f"runs); concurrency N = {report['settings']['concurrency']}; "
         f"quick = {report['settings']['quick']}",
@@ -584,8 +615,10 @@ def main() -> None:
     args.out.mkdir(parents=True)
     workdir = Path(tempfile.mkdtemp(prefix="kheops-bench-", dir=args.tmp))
     started = time.monotonic()
+    library = snapshot_library(workdir)
     report: dict[str, Any] = {
         "machine": machine_description(),
+        "library": library,
         "settings": {
             "scenarios": args.scenarios,
             "runs": args.runs,

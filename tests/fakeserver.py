@@ -92,6 +92,7 @@ __all__ = [
     "Status",
     "TruncateAfter",
     "make_instance",
+    "make_tree_archive",
     "parse_part10",
 ]
 
@@ -1790,3 +1791,35 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
+
+
+def make_tree_archive(
+    study_uids: Sequence[str],
+    *,
+    series_per_study: int,
+    instances_per_series: int,
+    size: int = 1024,
+    size_step: int = 0,
+    patients: int | None = None,
+) -> FakeArchive:
+    """A regular archive: series ``<study>.<r>`` and instances ``<series>.<i>`` (1-based).
+
+    Patient ``P<k>`` owns study ``k`` (modulo ``patients`` when given); instance ``i``
+    has ``size + i * size_step`` pixel bytes. Deterministic.
+    """
+    archive = FakeArchive()
+    for s, study in enumerate(study_uids):
+        for r in range(series_per_study):
+            series = f"{study}.{r + 1}"
+            for i in range(instances_per_series):
+                archive.add_part10(
+                    make_instance(
+                        study,
+                        series,
+                        f"{series}.{i + 1}",
+                        patient_id=f"P{s % patients if patients else s}",
+                        seed=s * 100 + r * 10 + i,
+                        size=size + size_step * i,
+                    )
+                )
+    return archive

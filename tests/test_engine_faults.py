@@ -17,6 +17,7 @@ from fakeserver import (
     Status,
     TruncateAfter,
     make_instance,
+    make_tree_archive,
 )
 
 from kheops_async import (
@@ -37,22 +38,9 @@ STUDIES = [f"1.2.40.0.{n}" for n in range(1, 5)]
 
 
 def build_archive() -> FakeArchive:
-    archive = FakeArchive()
-    for s, study in enumerate(STUDIES):
-        for r in range(3):
-            series = f"{study}.{r + 1}"
-            for i in range(4):
-                archive.add_part10(
-                    make_instance(
-                        study,
-                        series,
-                        f"{series}.{i + 1}",
-                        patient_id=f"P{s}",
-                        seed=s * 100 + r * 10 + i,
-                        size=4000 + 100 * i,
-                    )
-                )
-    return archive
+    return make_tree_archive(
+        STUDIES, series_per_study=3, instances_per_series=4, size=4000, size_step=100
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fakeserver import FakeArchive, FakeDicomWebServer, Framing, TruncateAfter, make_instance
+from fakeserver import (
+    FakeArchive,
+    FakeDicomWebServer,
+    Framing,
+    TruncateAfter,
+    make_tree_archive,
+)
 
 from kheops_async import (
     AuthenticationError,
@@ -24,22 +30,9 @@ STUDIES = [f"1.2.826.0.1.{n}" for n in range(1, 8)]
 
 
 def build_archive() -> FakeArchive:
-    archive = FakeArchive()
-    for s, study in enumerate(STUDIES):
-        for r in range(2):
-            series = f"{study}.{r + 1}"
-            for i in range(3):
-                archive.add_part10(
-                    make_instance(
-                        study,
-                        series,
-                        f"{series}.{i + 1}",
-                        patient_id=f"P{s % 3}",
-                        seed=s * 100 + r * 10 + i,
-                        size=512 + 37 * i,
-                    )
-                )
-    return archive
+    return make_tree_archive(
+        STUDIES, series_per_study=2, instances_per_series=3, size=512, size_step=37, patients=3
+    )
 
 
 @pytest.fixture(scope="module")
