@@ -99,6 +99,8 @@ class _SeriesState:
     plan: SeriesPlan
     done: dict[str, InstanceRecord] = field(default_factory=dict)
     failed_parts: dict[str, InstanceRecord] = field(default_factory=dict)
+    fresh: bool = False
+    """Nothing of this series was on disk when it started: no per-file existence check."""
 
     def shortfall(self) -> int:
         expected = self.plan.expected_instances
@@ -340,7 +342,8 @@ class _Download:
         if self.metadata_only:
             await self._series_metadata(state)
             return
-        if not self.force and self._series_may_exist(state.plan):
+        state.fresh = self.force or not self._series_may_exist(state.plan)
+        if not state.fresh:
             listing = await self._skip_existing(state)
             if state.shortfall() == 0:
                 return
@@ -445,7 +448,7 @@ class _Download:
             received.discard()
             return
         final = self.layout.resolve(self.root, values)
-        if not self.force and _is_complete_file(final):
+        if not self.force and not state.fresh and _is_complete_file(final):
             received.discard()
             record = self._record(values, final, InstanceStatus.SKIPPED, final.stat().st_size)
         else:

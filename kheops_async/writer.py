@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 import secrets
@@ -72,6 +73,7 @@ REPORT_KEYWORDS = (
 FOREIGN_PARTIAL_MAX_AGE = 24 * 3600.0
 """Seconds after which a temporary file of another host is taken as abandoned."""
 
+_TEMP_COUNTER = itertools.count(secrets.randbits(48))
 _HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "localhost"
 
 
@@ -121,8 +123,12 @@ class PartialFiles:
         return removed
 
     def new_path(self) -> Path:
-        """A fresh temporary file name, tagged with this process's PID and host."""
-        return self.directory / f"{os.getpid()}.{secrets.token_hex(8)}.{_HOST}.part"
+        """A fresh temporary file name, tagged with this process's PID and host.
+
+        Unique within the process by a counter (after a random start), so no
+        system randomness is drawn per file.
+        """
+        return self.directory / f"{os.getpid()}.{next(_TEMP_COUNTER):x}.{_HOST}.part"
 
     def remove_if_empty(self) -> None:
         """Drop the area when nothing is left in it (end of a run)."""
