@@ -32,7 +32,7 @@ from kheops_async.cli.tables import (
     write_csv_file,
 )
 from kheops_async.client import DicomWebClient
-from kheops_async.engine import MetadataMode, download
+from kheops_async.engine import DEFAULT_CONCURRENCY, MetadataMode, download
 from kheops_async.layout import DEFAULT_LAYOUT
 from kheops_async.report import DownloadProgress, DownloadReport, InstanceStatus
 from kheops_async.targets import Targets
@@ -49,7 +49,7 @@ class DownloadJob:
     kind: Literal["studies", "series"]
     selection: Selection
     output: OutputSettings
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     layout: str = DEFAULT_LAYOUT
     force: bool = False
     fsync: bool = False

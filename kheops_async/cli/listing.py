@@ -28,6 +28,7 @@ from kheops_async.cli.tables import (
     write_csv_file,
 )
 from kheops_async.client import DicomWebClient
+from kheops_async.engine import DEFAULT_CONCURRENCY
 
 __all__ = ["ListJob"]
 
@@ -42,7 +43,7 @@ class ListJob:
     selection: Selection
     output: OutputSettings
     output_format: OutputFormat = "table"
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
 
     async def run(self, client: DicomWebClient, handler: CliLogHandler) -> ExitCode:
         """Query, print and save; return the exit status."""

@@ -17,6 +17,7 @@ import httpx
 
 from kheops_async.auth import Redactor, split_link_url
 from kheops_async.client import DEFAULT_TIMEOUT, DicomWebClient
+from kheops_async.engine import DEFAULT_CONCURRENCY
 from kheops_async.errors import ConfigurationError
 from kheops_async.qido import DEFAULT_PAGE_SIZE
 from kheops_async.retry import RetryPolicy
@@ -41,7 +42,7 @@ class ConnectionSettings:
     insecure: bool = False
     timeout: float | None = None
     retries: int = RetryPolicy().attempts - 1
-    concurrency: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
     page_size: int = DEFAULT_PAGE_SIZE  # 0: one request per query, no paging
 
     def redactor(self) -> Redactor:
