@@ -12,7 +12,7 @@ from kheops_async._version import __version__
 from kheops_async.auth import Credentials
 from kheops_async.client import DicomWebClient, QueryPager
 from kheops_async.dicomjson import DicomRecord
-from kheops_async.engine import DEFAULT_CONCURRENCY, download
+from kheops_async.engine import DEFAULT_CONCURRENCY, DownloadSettings, download, journal_path
 from kheops_async.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -22,9 +22,11 @@ from kheops_async.errors import (
     KheopsAsyncError,
     MultipartError,
     NotFoundError,
+    NotMultipartError,
     OffsetIgnoredError,
     PermissionDeniedError,
     ProtocolError,
+    ServerUnavailableError,
     StorageError,
     TimeoutError_,
     TransportError,
@@ -54,6 +56,7 @@ __all__ = [
     "DicomWebClient",
     "DownloadProgress",
     "DownloadReport",
+    "DownloadSettings",
     "HTTPStatusError",
     "IncompleteSeriesError",
     "InstanceRecord",
@@ -64,6 +67,7 @@ __all__ = [
     "MultipartError",
     "MultipartReader",
     "NotFoundError",
+    "NotMultipartError",
     "OffsetIgnoredError",
     "PermissionDeniedError",
     "ProtocolError",
@@ -73,6 +77,7 @@ __all__ = [
     "RetryPolicy",
     "SeriesFailure",
     "SeriesPlan",
+    "ServerUnavailableError",
     "StorageError",
     "Targets",
     "TimeoutError_",
@@ -80,4 +85,5 @@ __all__ = [
     "TruncatedBodyError",
     "__version__",
     "download",
+    "journal_path",
 ]

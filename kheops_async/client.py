@@ -21,11 +21,12 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import anyio
 import httpx
 
 from kheops_async._version import __version__
@@ -37,6 +38,7 @@ from kheops_async.errors import (
     HTTPStatusError,
     KheopsAsyncError,
     NotFoundError,
+    NotMultipartError,
     PermissionDeniedError,
     ProtocolError,
     TimeoutError_,
@@ -298,6 +300,7 @@ class DicomWebClient:
         page_size: int | Literal["default"] | None = "default",
         album: str | None = None,
         inbox: bool | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> QueryPager:
         """A QIDO-RS search at ``level``, as an async iterator of :class:`DicomRecord`.
 
@@ -305,7 +308,8 @@ class DicomWebClient:
         the records asked per request (``None``: one request, no paging). Kheops's
         ``album``/``inbox`` default to the client's. Filters are keywords or tags
         (``*`` wildcards, date ranges); records that contradict a filter the server
-        ignored are dropped.
+        ignored are dropped. ``limiter``: each page request holds one of its slots (the
+        download engine's bound on requests in flight), released between pages.
         """
         normalized = normalize_filters(filters, level=level if study_uid is None else "series")
         params = build_query_params(
@@ -325,6 +329,7 @@ class DicomWebClient:
             offset=offset,
             page_size=self.page_size if page_size == "default" else page_size,
             fuzzy=bool(fuzzymatching),
+            limiter=limiter,
         )
 
     async def _fetch_page(
@@ -414,8 +419,14 @@ class DicomWebClient:
         headers = {"Accept": accept, "Accept-Encoding": "identity"}
         async with self._stream(url, headers=headers) as response:
             content_type = response.headers.get("Content-Type", "")
+            if not content_type.strip().lower().startswith("multipart/"):
+                raise NotMultipartError(
+                    f"{self.safe(response.request.url.copy_with(query=None))} answered "
+                    f"{response.status_code} with Content-Type {content_type[:100]!r}, not "
+                    "multipart/related (a proxy's or load balancer's page?)"
+                )
             boundary = boundary_from_content_type(content_type)
-            stream = response.aiter_bytes()
+            stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
             request_url = response.request.url
 
             async def receive() -> bytes:
@@ -426,7 +437,12 @@ class DicomWebClient:
                 except httpx.HTTPError as exc:
                     raise self._translate(exc, request_url) from None
 
-            yield MultipartReader(receive, boundary)
+            try:
+                yield MultipartReader(receive, boundary)
+            finally:
+                # Close the body iterator on every exit (trio warns about one left open).
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
 
     def retrieve_study(self, study_uid: str, **kwargs: Any) -> Any:
         """Stream every instance of a study; see :meth:`retrieve`."""
@@ -469,8 +485,10 @@ class QueryPager:
         offset: int,
         page_size: int | None,
         fuzzy: bool = False,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self._client = client
+        self._limiter = limiter
         self._fuzzy = fuzzy
         self._url = url
         self._params = params
@@ -487,7 +505,10 @@ class QueryPager:
         started = time.monotonic()
 
         async def fetch(limit: int | None, offset: int) -> Page:
-            return await self._client._fetch_page(self._url, self._params, limit, offset)
+            if self._limiter is None:
+                return await self._client._fetch_page(self._url, self._params, limit, offset)
+            async with self._limiter:
+                return await self._client._fetch_page(self._url, self._params, limit, offset)
 
         describe = f"query {self._client.safe(self._url)}"
         dropped = 0

@@ -19,12 +19,19 @@ credential: URLs are redacted before they reach an exception.
     │   ├── MultipartError          the multipart body is malformed
     │   │   └── TruncatedBodyError  the body ended before the closing delimiter
     │   ├── OffsetIgnoredError      paging: the server returned the same page again
+    │   ├── NotMultipartError       a 200 retrieve answer that is not multipart/related
     │   └── InvalidDicomError       a part is not a DICOM Part-10 file
     ├── IncompleteSeriesError       fewer instances than the server's count, after retries
+    ├── ServerUnavailableError      the run stopped: failure after failure, no progress
     └── StorageError                writing to the output directory failed (disk full, ...)
+
+An error that ends a download carries what was done so far in ``partial_report``
+(a :class:`~kheops_async.report.DownloadReport`; ``None`` elsewhere).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -35,9 +42,11 @@ __all__ = [
     "KheopsAsyncError",
     "MultipartError",
     "NotFoundError",
+    "NotMultipartError",
     "OffsetIgnoredError",
     "PermissionDeniedError",
     "ProtocolError",
+    "ServerUnavailableError",
     "StorageError",
     "TimeoutError_",
     "TransportError",
@@ -46,7 +55,13 @@ __all__ = [
 
 
 class KheopsAsyncError(Exception):
-    """Root of every error raised by kheops-async."""
+    """Root of every error raised by kheops-async.
+
+    ``partial_report``: set on an error that ended a download, the report of what the
+    run did before it (its instance table and journal are complete up to there).
+    """
+
+    partial_report: Any = None
 
 
 class ConfigurationError(KheopsAsyncError, ValueError):
@@ -120,12 +135,27 @@ class OffsetIgnoredError(ProtocolError):
     """
 
 
+class NotMultipartError(ProtocolError):
+    """A retrieve answered ``200`` with a body that is not ``multipart/related``.
+
+    A proxy's or load balancer's maintenance page does this; retried like a ``503``.
+    """
+
+
 class InvalidDicomError(ProtocolError):
     """A retrieved part is not a readable DICOM Part-10 file; it is not saved."""
 
 
 class IncompleteSeriesError(KheopsAsyncError):
     """A series stayed short of the server's instance count after every retry."""
+
+
+class ServerUnavailableError(TransportError):
+    """The run stopped: attempt after attempt failed with no progress anywhere.
+
+    Raised by the download engine's breaker (see ``DownloadSettings.outage_threshold``)
+    so that an outage ends the run instead of retrying every series to its limit.
+    """
 
 
 class StorageError(KheopsAsyncError):

@@ -204,14 +204,14 @@ class QueryResult:
         return iter(self.records)
 
 
-def _keys(records: Sequence[DicomRecord]) -> list[tuple[str | None, ...]]:
+def _keys(records: Sequence[DicomRecord]) -> set[tuple[str | None, ...]]:
     """Identities of records (their UIDs, else their whole content)."""
-    return [
+    return {
         (r.study_uid, r.series_uid, r.sop_uid)
         if (r.study_uid or r.series_uid or r.sop_uid)
         else (repr(sorted(r.raw.items())),)
         for r in records
-    ]
+    }
 
 
 async def paginate(
@@ -235,7 +235,7 @@ async def paginate(
     if offset < 0:
         raise ConfigurationError("offset must be >= 0")
     position, returned = offset, 0
-    seen: set[tuple[str | None, ...]] = set()
+    previous: set[tuple[str | None, ...]] = set()  # the last page's keys only: bounded
     announced: int | None = None  # what the last non-empty page said was still to come
     while True:
         remaining = None if limit is None else limit - returned
@@ -249,13 +249,13 @@ async def paginate(
             _finish(result, announced, returned, offset, limit, describe)
             return
         keys = _keys(page.records)
-        if seen and seen.issuperset(keys):
+        if previous and previous.issuperset(keys):
             raise OffsetIgnoredError(
                 f"{describe}: the server returned only records already seen for offset "
                 f"{position}; it ignores 'offset', so paging cannot continue. Ask for "
                 "everything in one request (--page-size 0), or narrow the query."
             )
-        seen.update(keys)
+        previous = keys
         records = page.records if remaining is None else page.records[:remaining]
         for record in records:
             yield record

@@ -1,8 +1,9 @@
-"""What a download did: one record per instance, failures, totals and live progress.
+"""What a download did: totals, the first failures, instance records and live progress.
 
-:class:`DownloadReport` is the data behind kheops-client's
-``downloaded_*_instances`` tables; :class:`DownloadProgress` is the live view a
-command line or a service polls (or receives through a callback).
+:class:`InstanceRecord` is one row of kheops-client's ``downloaded_*_instances``
+tables (streamed as instances finish); :class:`DownloadReport` the totals of a run;
+:class:`DownloadProgress` the live view a command line or a service polls (or
+receives through a callback).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 __all__ = [
+    "MAX_KEPT_FAILURES",
     "DownloadProgress",
     "DownloadReport",
     "InstanceRecord",
@@ -61,46 +64,64 @@ class SeriesFailure:
     missing: tuple[str, ...] = ()
 
 
+MAX_KEPT_FAILURES = 200
+"""Failures a report keeps in memory (series and instances alike); every failure is
+counted, and every one is in the instance table and the journal."""
+
+
 @dataclass
 class DownloadReport:
-    """Every instance and failure of a run, with totals."""
+    """The totals of a run and its first failures: its size does not grow with the archive.
 
-    instances: list[InstanceRecord] = field(default_factory=list)
+    Each instance's record goes, as it is done, to the instance table (``table``) and
+    to the ``on_instance`` callback of the settings, never into this object.
+    """
+
     failures: list[SeriesFailure] = field(default_factory=list)
+    failed_instances: list[InstanceRecord] = field(default_factory=list)
     series_total: int = 0
     series_completed: int = 0
+    written: int = 0
+    """Instances written by this run."""
+    skipped: int = 0
+    """Instances already present (and trusted) and left untouched."""
+    failed: int = 0
+    """Instances that failed (a part that was not DICOM, a UID check, ...)."""
+    planned: int = 0
+    """Dry run: instances that would be downloaded."""
+    metadata_saved: int = 0
+    """Instances whose metadata (DICOM JSON) was saved by a metadata-only run."""
+    repaired: int = 0
+    """Written instances that replaced a damaged or unverifiable file."""
+    series_failed: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
     dry_run: bool = False
     stale_partials_removed: int = 0
+    table_path: Path | None = None
+    journal_path: Path | None = None
 
-    def _count(self, status: InstanceStatus) -> int:
-        return sum(1 for record in self.instances if record.status is status)
+    def add_failure(self, failure: SeriesFailure) -> None:
+        """Count a failed series (or listing); keep it if the list is not full."""
+        self.series_failed += 1
+        if len(self.failures) < MAX_KEPT_FAILURES:
+            self.failures.append(failure)
 
-    @property
-    def written(self) -> int:
-        """Instances written by this run."""
-        return self._count(InstanceStatus.WRITTEN)
-
-    @property
-    def skipped(self) -> int:
-        """Instances already present and left untouched."""
-        return self._count(InstanceStatus.SKIPPED)
-
-    @property
-    def failed(self) -> int:
-        """Instances that failed (a part that was not DICOM, ...)."""
-        return self._count(InstanceStatus.FAILED)
+    def add_failed_instance(self, record: InstanceRecord) -> None:
+        """Count a failed instance; keep it if the list is not full."""
+        self.failed += 1
+        if len(self.failed_instances) < MAX_KEPT_FAILURES:
+            self.failed_instances.append(record)
 
     @property
-    def metadata_saved(self) -> int:
-        """Instances whose metadata (DICOM JSON) was saved by a metadata-only run."""
-        return self._count(InstanceStatus.METADATA)
+    def failures_not_kept(self) -> int:
+        """Failures counted but not kept in memory (see the table for them)."""
+        return self.series_failed - len(self.failures) + self.failed - len(self.failed_instances)
 
     @property
     def ok(self) -> bool:
         """True when nothing failed: every series is complete."""
-        return not self.failures and self.failed == 0
+        return not self.series_failed and self.failed == 0
 
     @property
     def megabytes_per_second(self) -> float:
@@ -110,11 +131,12 @@ class DownloadReport:
     def summary(self) -> str:
         """One line: counts, bytes, time and rate."""
         metadata = f"{self.metadata_saved} metadata, " if self.metadata_saved else ""
+        repaired = f" ({self.repaired} repaired)" if self.repaired else ""
         return (
             f"{self.series_completed}/{self.series_total} series, {metadata}"
-            f"{self.written} written, "
+            f"{self.written} written{repaired}, "
             f"{self.skipped} skipped, {self.failed} failed instances, "
-            f"{len(self.failures)} failed series, {self.bytes_written / 1e6:.1f} MB in "
+            f"{self.series_failed} failed series, {self.bytes_written / 1e6:.1f} MB in "
             f"{self.seconds:.1f}s ({self.megabytes_per_second:.1f} MB/s)"
         )
 

@@ -1,7 +1,8 @@
 """When and how long to retry: one policy, applied with tenacity.
 
 Retried: connection failures (connect, read, reset, timeout), truncated multipart
-bodies, and the statuses 408, 429, 500, 502, 503 and 504. Not retried: other 4xx
+bodies, a ``200`` retrieve whose body is not multipart (a proxy's maintenance
+page), and the statuses 408, 429, 500, 502, 503 and 504. Not retried: other 4xx
 answers (a bad token or a bad UID does not get better by asking again).
 
 The wait is exponential backoff with full jitter, capped; a ``Retry-After`` sent
@@ -24,7 +25,13 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from kheops_async.errors import HTTPStatusError, TransportError, TruncatedBodyError
+from kheops_async.errors import (
+    HTTPStatusError,
+    NotMultipartError,
+    ServerUnavailableError,
+    TransportError,
+    TruncatedBodyError,
+)
 
 __all__ = ["RETRYABLE_STATUS_CODES", "RetryPolicy", "is_retryable", "retry_call"]
 
@@ -37,7 +44,9 @@ T = TypeVar("T")
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt may succeed after ``exc``."""
-    if isinstance(exc, TransportError | TruncatedBodyError):
+    if isinstance(exc, ServerUnavailableError):
+        return False  # the run's breaker tripped: nothing more to try
+    if isinstance(exc, TransportError | TruncatedBodyError | NotMultipartError):
         return True
     return isinstance(exc, HTTPStatusError) and exc.status_code in RETRYABLE_STATUS_CODES
 

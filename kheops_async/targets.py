@@ -73,7 +73,8 @@ class Targets:
 
     ``query`` is a mapping of study-level QIDO filters; ``series_filters`` apply to
     each study's series query (for example ``{"Modality": "CT"}``). ``limit`` and
-    ``offset`` page the study query. ``only_series`` keeps, among the series of the
+    ``offset`` page the study query; ``fuzzy`` asks it for fuzzy matching of names.
+    ``only_series`` keeps, among the series of the
     studies and the query, just those UIDs (when the study of each is not known).
     """
 
@@ -84,6 +85,7 @@ class Targets:
     limit: int | None = None
     offset: int = 0
     only_series: frozenset[str] = frozenset()
+    fuzzy: bool = False
 
     def __post_init__(self) -> None:
         self.only_series = frozenset(validate_uid(s, "SeriesInstanceUID") for s in self.only_series)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from fakeserver import Delay, FakeArchive, FakeDicomWebServer, make_instance
+from treecheck import assert_no_temp_files
 
 from kheops_async import __version__
 from kheops_async.cli import ExitCode
 from kheops_async.demo import OrthancDataset
-from kheops_async.writer import PARTIAL_DIR_NAME
 
 TOKEN = "subprocess-TOKEN-93b1c07e"
 TIMEOUT = 60
@@ -163,8 +163,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert "Traceback" not in stderr
-    partial = tmp_path / PARTIAL_DIR_NAME
-    assert not partial.exists() or not any(partial.iterdir())
+    assert_no_temp_files(tmp_path)
     assert not list(tmp_path.rglob("*.dcm"))
 
 

@@ -19,16 +19,15 @@ from fakeserver import (
     make_instance,
     make_tree_archive,
 )
+from treecheck import assert_no_temp_files, assert_tree_holds
 
 from kheops_async import (
     DicomWebClient,
     DownloadReport,
-    InstanceStatus,
     RetryPolicy,
     Targets,
     download,
 )
-from kheops_async.writer import PARTIAL_DIR_NAME
 
 pytestmark = pytest.mark.anyio
 
@@ -69,14 +68,7 @@ async def mirror(
 
 
 def assert_complete(dest: Path, archive: FakeArchive) -> None:
-    expected = {
-        dest / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm": i.data
-        for i in archive.all_instances()
-    }
-    found = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
-    assert set(found) == set(expected)
-    assert all(found[p] == data for p, data in expected.items())
-    assert not (dest / PARTIAL_DIR_NAME).exists()
+    assert_tree_holds(dest, archive.all_instances())
 
 
 @pytest.mark.parametrize(
@@ -164,13 +156,13 @@ async def test_non_dicom_part_is_reported_not_saved(
     report = await mirror(
         server, tmp_path, retry=RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.01)
     )
-    failed = [r for r in report.instances if r.status is InstanceStatus.FAILED]
+    failed = report.failed_instances
     assert failed and all(r.series_uid == series for r in failed)
     assert "not a DICOM" in failed[0].error or "DICOM" in failed[0].error
     assert [f.series_uid for f in report.failures] == [series]
     assert f"{series}.2" in report.failures[0].error
     assert not (tmp_path / STUDIES[2] / series / f"{series}.2.dcm").exists()
-    assert not list(tmp_path.rglob("*.part"))
+    assert_no_temp_files(tmp_path)
     assert report.written == len(archive.all_instances()) - 1
 
 
@@ -185,10 +177,12 @@ async def test_hostile_uids_cannot_escape(tmp_path: Path) -> None:
         report = await mirror(srv, dest)
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and dest not in p.parents]
     assert outside == []
-    written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.dcm"))
-    assert written == ["1.2.3/1.2.3.4/___.._.._escaped.dcm", "1.2.3/1.2.3.4/a_b.dcm"]
-    assert [f.series_uid for f in report.failures] == ["../../evil-series"]
-    assert "malformed SeriesInstanceUID" in report.failures[0].error
+    # Malformed SOPInstanceUIDs are refused (never turned into paths), as listed ones are.
+    assert list(dest.rglob("*.dcm")) == []
+    assert report.written == 0 and report.failed >= 2
+    assert all("malformed SOPInstanceUID" in r.error for r in report.failed_instances)
+    assert sorted(f.series_uid for f in report.failures) == ["../../evil-series", "1.2.3.4"]
+    assert any("malformed SeriesInstanceUID" in f.error for f in report.failures)
 
 
 async def test_requests_in_flight_never_exceed_concurrency(

@@ -15,41 +15,44 @@ from pathlib import Path
 
 import anyio
 import pytest
+from treecheck import assert_no_temp_files, assert_tree_holds, tree_files
 
 from kheops_async import (
     KHEOPS_CLIENT_LAYOUT,
     DicomWebClient,
     DownloadProgress,
     DownloadReport,
+    InstanceRecord,
     InstanceStatus,
     Targets,
     download,
 )
 from kheops_async.demo import OrthancDataset, OrthancServer, generate_dataset, load_dataset
-from kheops_async.writer import PARTIAL_DIR_NAME
 
 pytestmark = pytest.mark.anyio
 
 
 def dicom_files(root: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return tree_files(root)
 
 
 def assert_tree_matches(root: Path, dataset: OrthancDataset, sops: set[str] | None = None) -> None:
     """Every expected instance exactly once at its default path, nothing else."""
-    wanted = [i for i in dataset.instances if sops is None or i.sop_uid in sops]
-    expected = {root / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm": i.data for i in wanted}
-    found = dicom_files(root)
-    assert set(found) == set(expected), "stray or missing files"
-    for path, data in expected.items():
-        assert found[path] == data, f"{path} differs from the stored instance"
+    assert_tree_holds(root, [i for i in dataset.instances if sops is None or i.sop_uid in sops])
 
 
 async def run(
-    dataset: OrthancDataset, targets: Targets, dest: Path, **kwargs: object
+    dataset: OrthancDataset,
+    targets: Targets,
+    dest: Path,
+    rows: list[InstanceRecord] | None = None,
+    **kwargs: object,
 ) -> DownloadReport:
+    """Download with the test server; the instance records go to ``rows`` if given."""
     async with DicomWebClient(dataset.server.dicomweb_url, concurrency=3) as client:
-        return await download(client, targets, dest, **kwargs)  # type: ignore[arg-type]
+        return await download(
+            client, targets, dest, on_instance=None if rows is None else rows.append, **kwargs
+        )
 
 
 async def test_whole_archive_then_resume_then_force(
@@ -66,7 +69,7 @@ async def test_whole_archive_then_resume_then_force(
     )
     assert report.bytes_written == sum(len(i.data) for i in orthanc_dataset.instances)
     assert_tree_matches(dest, orthanc_dataset)
-    assert not (dest / PARTIAL_DIR_NAME).exists()
+    assert_no_temp_files(dest)
     inodes = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dicom_files(dest)}
 
     again = await run(orthanc_dataset, Targets(query={}), dest)
@@ -84,8 +87,9 @@ async def test_report_rows_describe_each_instance(
     orthanc_dataset: OrthancDataset, tmp_path: Path
 ) -> None:
     first = orthanc_dataset.instances[0]
-    report = await run(orthanc_dataset, Targets(studies=[first.study_uid]), tmp_path)
-    rows = {r.sop_uid: r for r in report.instances}
+    records: list[InstanceRecord] = []
+    report = await run(orthanc_dataset, Targets(studies=[first.study_uid]), tmp_path, records)
+    rows = {r.sop_uid: r for r in records}
     assert set(rows) == {i.sop_uid for i in orthanc_dataset.instances_of(first.study_uid)}
     for instance in orthanc_dataset.instances_of(first.study_uid):
         row = rows[instance.sop_uid]
@@ -124,18 +128,20 @@ async def test_targets_pairs_table_query_and_only_series(
     assert_tree_matches(tmp_path / "b", orthanc_dataset, wanted)
 
     query = Targets(query={"PatientID": first.patient_id}, series_filters={"Modality": "MR"})
-    by_query = await run(orthanc_dataset, query, tmp_path / "c")
+    by_query_rows: list[InstanceRecord] = []
+    by_query = await run(orthanc_dataset, query, tmp_path / "c", by_query_rows)
     assert by_query.ok
     expected = {
         i.sop_uid
         for i in orthanc_dataset.instances
         if i.patient_id == first.patient_id and i.modality == "MR"
     }
-    assert expected and {r.sop_uid for r in by_query.instances} == expected
+    assert expected and {r.sop_uid for r in by_query_rows} == expected
 
     only = Targets(studies=[first.study_uid], only_series=frozenset({first.series_uid}))
-    only_report = await run(orthanc_dataset, only, tmp_path / "d")
-    assert {r.series_uid for r in only_report.instances} == {first.series_uid}
+    only_rows: list[InstanceRecord] = []
+    await run(orthanc_dataset, only, tmp_path / "d", only_rows)
+    assert {r.series_uid for r in only_rows} == {first.series_uid}
 
 
 async def test_unknown_series_is_a_reported_failure(
@@ -180,11 +186,12 @@ async def test_layouts_use_header_values(orthanc_dataset: OrthancDataset, tmp_pa
 
 async def test_dry_run_writes_nothing(orthanc_dataset: OrthancDataset, tmp_path: Path) -> None:
     dest = tmp_path / "never"
-    report = await run(orthanc_dataset, Targets(query={}), dest, dry_run=True)
+    rows: list[InstanceRecord] = []
+    report = await run(orthanc_dataset, Targets(query={}), dest, rows, dry_run=True)
     assert not dest.exists()
     assert report.dry_run and report.bytes_written == 0
-    assert {r.sop_uid for r in report.instances} == set(orthanc_dataset.by_sop)
-    assert {r.status for r in report.instances} == {InstanceStatus.PLANNED}
+    assert {r.sop_uid for r in rows} == set(orthanc_dataset.by_sop)
+    assert {r.status for r in rows} == {InstanceStatus.PLANNED}
 
 
 async def test_metadata_only_per_series_and_per_instance(
@@ -227,8 +234,7 @@ async def test_cancellation_leaves_only_complete_files(
     dest = tmp_path / "cancelled"
     with anyio.move_on_after(0.05):
         await run(orthanc_dataset, Targets(query={}), dest)
-    partial = dest / PARTIAL_DIR_NAME
-    assert not partial.exists() or not list(partial.iterdir())
+    assert_no_temp_files(dest)
     by_path = {
         dest / i.study_uid / i.series_uid / f"{i.sop_uid}.dcm": i.data
         for i in orthanc_dataset.instances
@@ -306,7 +312,7 @@ def test_sigkill_then_rerun_completes_the_tree(
     finish = _run_to_completion(server, dest)
     assert finish() == 0
     assert_tree_matches(dest, dataset)
-    assert not (dest / PARTIAL_DIR_NAME).exists()
+    assert_no_temp_files(dest)
 
 
 def _run_to_completion(server: OrthancServer, dest: Path) -> Callable[[], int]:
@@ -332,11 +338,10 @@ async def test_one_missing_file_is_fetched_alone(
     await run(orthanc_dataset, targets, tmp_path)
     lost = tmp_path / first.study_uid / first.series_uid / f"{first.sop_uid}.dcm"
     lost.unlink()
-    report = await run(orthanc_dataset, targets, tmp_path)
+    rows: list[InstanceRecord] = []
+    report = await run(orthanc_dataset, targets, tmp_path, rows)
     assert report.ok
-    assert [r.sop_uid for r in report.instances if r.status is InstanceStatus.WRITTEN] == [
-        first.sop_uid
-    ]
+    assert [r.sop_uid for r in rows if r.status is InstanceStatus.WRITTEN] == [first.sop_uid]
     assert lost.read_bytes() == first.data
 
 

@@ -19,6 +19,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "DicomWebClient",
         "DownloadProgress",
         "DownloadReport",
+        "DownloadSettings",
         "HTTPStatusError",
         "IncompleteSeriesError",
         "InstanceRecord",
@@ -29,6 +30,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "MultipartError",
         "MultipartReader",
         "NotFoundError",
+        "NotMultipartError",
         "OffsetIgnoredError",
         "PermissionDeniedError",
         "ProtocolError",
@@ -38,6 +40,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "RetryPolicy",
         "SeriesFailure",
         "SeriesPlan",
+        "ServerUnavailableError",
         "StorageError",
         "Targets",
         "TimeoutError_",
@@ -45,6 +48,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "TruncatedBodyError",
         "__version__",
         "download",
+        "journal_path",
     }
     for name in kheops_async.__all__:
         assert getattr(kheops_async, name) is not None

@@ -30,9 +30,9 @@ from kheops_async.cli.options import (
 from kheops_async.cli.runner import echo_error, run_command
 from kheops_async.cli.selection import Level, Selection
 from kheops_async.cli.settings import ConnectionSettings, OutputSettings
-from kheops_async.engine import MetadataMode
+from kheops_async.engine import DownloadSettings, MetadataMode
 from kheops_async.errors import ConfigurationError
-from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT
+from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT, Layout
 
 __all__ = ["KheopsGroup", "main"]
 
@@ -190,12 +190,15 @@ def _run_download(
         kind=kind,
         selection=_selection(ctx, options, series_level=kind == "series"),
         output=output,
-        concurrency=connection.concurrency,
-        layout=_layout(ctx, options),
-        force=options["force"],
-        fsync=options["fsync"],
-        metadata_only=_metadata_mode(options),
-        transfer_syntax=options["transfer_syntax"],
+        settings=DownloadSettings(
+            concurrency=connection.concurrency,
+            layout=Layout(_layout(ctx, options)),
+            force=options["force"],
+            fsync=options["fsync"],
+            checksum=options["checksum"],
+            metadata_only=_metadata_mode(options),
+            transfer_syntax=options["transfer_syntax"],
+        ),
         progress_interval=options["progress_interval"],
     )
     return run_command(connection, output, job.run)

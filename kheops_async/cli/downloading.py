@@ -1,12 +1,14 @@
 """``kheops-async download studies|series``: plan, download with progress, report.
 
 The selection becomes :class:`~kheops_async.Targets`: explicit UIDs are passed on as
-they are (so that the engine reports a study that does not exist); otherwise the
-CLI's own study query (filters, ``--fuzzy``, ``--limit``/``--offset``) picks the
-studies. The engine downloads; a background task shows its progress. At the end: a
-summary line, one line per failure, and the table
-``downloaded_<kind>_instances_<timestamp>.csv``. A dry run prints the plan (per
-series: instances planned and skipped) and writes nothing.
+they are (so that the engine reports a study that does not exist), a study query
+(filters, ``--fuzzy``, ``--limit``/``--offset``) is paged by the engine as it
+downloads; only explicit UIDs with study-level filters are checked here first. The
+engine streams the table ``downloaded_<kind>_instances_<timestamp>.csv`` row by row; a
+background task shows its progress. At the end, even when an error stops the run: a
+summary line, the failures (at most :data:`MAX_FAILURES_SHOWN`), where the table and
+the journal are. A dry run prints the plan (per series: instances planned and
+skipped) and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,22 +26,20 @@ from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.progress import DEFAULT_LOG_INTERVAL, ProgressDisplay
 from kheops_async.cli.selection import Finder, Selection
 from kheops_async.cli.settings import OutputSettings
-from kheops_async.cli.tables import (
-    download_plan_table,
-    download_table,
-    render,
-    timestamp,
-    write_csv_file,
-)
+from kheops_async.cli.tables import PlanTable, render, timestamp
 from kheops_async.client import DicomWebClient
-from kheops_async.engine import DEFAULT_CONCURRENCY, MetadataMode, download
-from kheops_async.layout import DEFAULT_LAYOUT
-from kheops_async.report import DownloadProgress, DownloadReport, InstanceStatus
+from kheops_async.engine import DownloadSettings, download
+from kheops_async.errors import KheopsAsyncError
+from kheops_async.report import DownloadProgress, DownloadReport, SeriesFailure
 from kheops_async.targets import Targets
 
 __all__ = ["DownloadJob"]
 
 log = logging.getLogger("kheops_async.cli")
+
+
+MAX_FAILURES_SHOWN = 20
+"""Failure lines printed at the end; the rest are counted (all are in the table)."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,7 @@ class DownloadJob:
     kind: Literal["studies", "series"]
     selection: Selection
     output: OutputSettings
-    concurrency: int = DEFAULT_CONCURRENCY
-    layout: str = DEFAULT_LAYOUT
-    force: bool = False
-    fsync: bool = False
-    metadata_only: MetadataMode | None = None
-    transfer_syntax: str = "*"
+    settings: DownloadSettings = field(default_factory=DownloadSettings)
     progress_interval: float = DEFAULT_LOG_INTERVAL
     incomplete_listings: list[str] = field(default_factory=list, compare=False)
     """Study queries the server cut short: the run is incomplete even if all went well."""
@@ -69,8 +64,21 @@ class DownloadJob:
         if not self.output.dry_run:
             self.output.prepare_out_dir()
         targets = await self._targets(client)
-        report = await self._download(client, targets, handler)
-        return self._finish(report)
+        plan = PlanTable()
+        settings = self.settings.with_options(
+            dry_run=self.output.dry_run,
+            table=None
+            if self.output.dry_run
+            else self.output.out_dir / f"downloaded_{self.table_kind}_instances_{timestamp()}.csv",
+            on_instance=plan.add if self.output.dry_run else None,
+        )
+        try:
+            report = await self._download(client, targets, settings, handler)
+        except KheopsAsyncError as exc:
+            if isinstance(exc.partial_report, DownloadReport):
+                self._finish(exc.partial_report, plan, stopped=True)
+            raise
+        return self._finish(report, plan)
 
     async def _targets(self, client: DicomWebClient) -> Targets:
         series_level = self.kind == "series"
@@ -79,7 +87,9 @@ class DownloadJob:
             if selection.limit is not None or selection.offset:
                 log.warning("--limit/--offset page the study query: no effect on explicit UIDs")
             return selection.to_targets(None, series_level=series_level)
-        finder = Finder(client, selection, level="studies", concurrency=self.concurrency)
+        if not selection.studies:  # the engine pages the study query as it downloads
+            return selection.to_query_targets(series_level=series_level)
+        finder = Finder(client, selection, level="studies", concurrency=client.concurrency)
         studies = await finder.studies()
         for what in finder.not_found:
             click.echo(f"warning: {what} not found (or it does not match the filters)", err=True)
@@ -93,7 +103,11 @@ class DownloadJob:
         return selection.to_targets(uids, series_level=series_level)
 
     async def _download(
-        self, client: DicomWebClient, targets: Targets, handler: CliLogHandler
+        self,
+        client: DicomWebClient,
+        targets: Targets,
+        settings: DownloadSettings,
+        handler: CliLogHandler,
     ) -> DownloadReport:
         progress = DownloadProgress()
         display = ProgressDisplay(
@@ -111,17 +125,7 @@ class DownloadJob:
                 group.start_soon(display.run)
                 try:
                     report = await download(
-                        client,
-                        targets,
-                        self.output.out_dir,
-                        concurrency=self.concurrency,
-                        layout=self.layout,
-                        force=self.force,
-                        fsync=self.fsync,
-                        dry_run=self.output.dry_run,
-                        metadata_only=self.metadata_only,
-                        transfer_syntax=self.transfer_syntax,
-                        progress=progress,
+                        client, targets, self.output.out_dir, settings, progress=progress
                     )
                 finally:
                     group.cancel_scope.cancel()
@@ -131,42 +135,55 @@ class DownloadJob:
             raise RuntimeError("the download ended without a report")
         return report
 
-    def _finish(self, report: DownloadReport) -> ExitCode:
+    def _finish(
+        self, report: DownloadReport, plan: PlanTable, *, stopped: bool = False
+    ) -> ExitCode:
         """Summary, failures, plan or table; the exit status."""
         quiet = self.output.quiet
-        for failure in report.failures:
-            where = " ".join(
-                part
-                for part in (
-                    f"study {failure.study_uid}" if failure.study_uid else "",
-                    f"series {failure.series_uid}" if failure.series_uid else "",
-                )
-                if part
+        lines = [_failure_line(f) for f in report.failures]
+        lines += [
+            f"failed: instance {r.sop_uid or ''} of series {r.series_uid}: {r.error}".replace(
+                "instance  of", "instance of"
             )
-            click.echo(f"failed: {where}: {failure.error}", err=True)
-        for record in report.instances:
-            if record.status is InstanceStatus.FAILED:
-                click.echo(
-                    f"failed: instance of series {record.series_uid}: {record.error}", err=True
-                )
+            for r in report.failed_instances
+        ]
+        for line in lines[:MAX_FAILURES_SHOWN]:
+            click.echo(line, err=True)
+        hidden = len(lines) - MAX_FAILURES_SHOWN + report.failures_not_kept
+        if hidden > 0:
+            click.echo(f"failed: ... and {hidden} more (see the table)", err=True)
         if self.output.dry_run:
-            click.echo(render(download_plan_table(report), "table"), nl=False)
+            click.echo(render(plan.table(), "table"), nl=False)
             if not quiet:
-                planned = sum(1 for r in report.instances if r.status is InstanceStatus.PLANNED)
                 click.echo(
-                    f"dry run: {planned} instances of {report.series_total} series would be "
-                    f"downloaded, {report.skipped} are already present; nothing was written",
+                    f"dry run: {report.planned} instances of {report.series_total} series would "
+                    f"be downloaded, {report.skipped} are already present; nothing was written",
                     err=True,
                 )
         else:
             if not quiet:
-                click.echo(f"done: {report.summary()}", err=True)
-            table = download_table(report, kind=self.table_kind, root=self.output.out_dir)
-            path = write_csv_file(table, self.output.out_dir, timestamp())
-            if not quiet:
-                click.echo(f"saved the list of {len(table)} instances to {path}", err=True)
+                state = "stopped" if stopped else "done"
+                click.echo(f"{state}: {report.summary()}", err=True)
+                if report.table_path is not None:
+                    click.echo(f"saved the list of instances to {report.table_path}", err=True)
+                if report.journal_path is not None:
+                    click.echo(f"journal: {report.journal_path}", err=True)
+        if stopped:
+            return ExitCode.INCOMPLETE  # the caller re-raises the error that stopped the run
         if report.ok and not self.incomplete_listings:
             return ExitCode.OK
-        count = len(report.failures) + report.failed + len(self.incomplete_listings)
+        count = report.series_failed + report.failed + len(self.incomplete_listings)
         click.echo(f"error: the download is incomplete ({count} failures, listed above)", err=True)
         return ExitCode.INCOMPLETE
+
+
+def _failure_line(failure: SeriesFailure) -> str:
+    where = " ".join(
+        part
+        for part in (
+            f"study {failure.study_uid}" if failure.study_uid else "",
+            f"series {failure.series_uid}" if failure.series_uid else "",
+        )
+        if part
+    )
+    return f"failed: {where}: {failure.error}"

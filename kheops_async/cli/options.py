@@ -353,8 +353,8 @@ def download_options(function: F) -> F:
             "--force",
             "force",
             is_flag=True,
-            help="Download and overwrite files that exist (default: skip them, so a "
-            "second run resumes).",
+            help="Download and overwrite every file, trusting neither the tree nor the "
+            "journal (default: skip files the journal knows, so a second run resumes).",
         ),
         click.option(
             "-m",
@@ -392,6 +392,11 @@ def download_options(function: F) -> F:
             "--fsync",
             is_flag=True,
             help="Flush every file to disk before it is renamed into place (slower, safer).",
+        ),
+        click.option(
+            "--checksum",
+            is_flag=True,
+            help="Compute each file's sha256 as it streams and keep it in the journal.",
         ),
         click.option(
             "--progress-interval",

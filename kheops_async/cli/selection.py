@@ -218,6 +218,17 @@ class Selection:
             )
         return Targets(studies=whole, series=pairs, series_filters=series_filters)
 
+    def to_query_targets(self, *, series_level: bool) -> Targets:
+        """The targets of a study query the engine runs itself (no explicit studies)."""
+        return Targets(
+            query=dict(self.study_filters),
+            series_filters=dict(self.series_filters) if series_level else {},
+            limit=self.limit,
+            offset=self.offset,
+            fuzzy=self.fuzzy,
+            only_series=self.series_uids,
+        )
+
     @property
     def needs_study_query(self) -> bool:
         """Whether a download must query studies first (instead of passing UIDs on).

@@ -5,7 +5,9 @@ saves ``downloaded_{study,series}_instances_<timestamp>.csv`` in the output dire
 with kheops-client's columns (plus a few). On stdout a table is rendered for reading
 (``table``), or as ``csv`` or ``json`` for other programs.
 
-Rows are sorted so that two runs over the same data give the same file. A
+Listing rows are sorted so that two runs over the same data give the same file; the
+download table is streamed by the engine as instances finish (see
+:mod:`kheops_async.engine.recorder`), so a crash keeps every row so far. A
 ``RetrieveURL`` is redacted: in Kheops link mode it carries the token.
 """
 
@@ -18,11 +20,12 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from kheops_async.cli.selection import InstanceRow, SeriesRow
 from kheops_async.dicomjson import DicomRecord
-from kheops_async.report import DownloadReport, InstanceStatus
+from kheops_async.engine.recorder import TABLE_COLUMNS
+from kheops_async.report import InstanceRecord, InstanceStatus
 
 __all__ = [
     "DOWNLOAD_COLUMNS",
@@ -30,9 +33,8 @@ __all__ = [
     "SERIES_COLUMNS",
     "STUDY_COLUMNS",
     "OutputFormat",
+    "PlanTable",
     "Table",
-    "download_plan_table",
-    "download_table",
     "instance_table",
     "render",
     "series_table",
@@ -85,19 +87,8 @@ INSTANCE_COLUMNS = (
     "SOPClassUID",
     "RetrieveURL",
 )
-DOWNLOAD_COLUMNS = (
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "PatientID",
-    "SeriesDate",
-    "SeriesTime",
-    "Modality",
-    "FileSize",
-    "Path",
-    "Status",
-    "Error",
-)
+DOWNLOAD_COLUMNS = TABLE_COLUMNS
+"""The download table's columns (written row by row by the engine's recorder)."""
 PLAN_COLUMNS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
@@ -250,64 +241,22 @@ def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) 
     return Table("available_instances", "instances", INSTANCE_COLUMNS, rows, _INSTANCE_VIEW)
 
 
-def _relative(path: str, root: Path) -> str:
-    if not path:
-        return ""
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return path
+class PlanTable:
+    """A dry run's plan, built as instance records arrive: per series, the instances it
+    would download, skip, or that failed (one row per series, not per instance)."""
 
-
-def download_table(report: DownloadReport, *, kind: str, root: Path) -> Table:
-    """``downloaded_<kind>_instances``: every instance of the report, plus failed series.
-
-    ``kind`` is ``"study"`` or ``"series"`` (kheops-client's two file names). ``Path``
-    is relative to ``root`` (the output directory).
-    """
-    root = root.expanduser().resolve()
-    rows: list[Row] = [
-        {
-            "StudyInstanceUID": r.study_uid,
-            "SeriesInstanceUID": r.series_uid,
-            "SOPInstanceUID": r.sop_uid,
-            "PatientID": r.patient_id,
-            "SeriesDate": r.series_date,
-            "SeriesTime": r.series_time,
-            "Modality": r.modality,
-            "FileSize": r.file_size,
-            "Path": _relative(r.path, root),
-            "Status": r.status.value,
-            "Error": r.error or None,
-        }
-        for r in report.instances
-    ]
-    rows += [
-        {
-            "StudyInstanceUID": f.study_uid,
-            "SeriesInstanceUID": f.series_uid,
-            "Status": InstanceStatus.FAILED.value,
-            "Error": f.error,
-        }
-        for f in report.failures
-    ]
-    rows.sort(
-        key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID", "Path", "Status"))
-    )
-    view = tuple((c, c) for c in DOWNLOAD_COLUMNS)
-    return Table(f"downloaded_{kind}_instances", "instances", DOWNLOAD_COLUMNS, rows, view)
-
-
-def download_plan_table(report: DownloadReport) -> Table:
-    """A dry run's plan: per series, the instances it would download, skip, or failed."""
-    per_series: dict[tuple[str, str], Row] = {}
-    counts = {
+    _COUNTS: ClassVar[dict[InstanceStatus, str]] = {
         InstanceStatus.PLANNED: "Planned",
         InstanceStatus.SKIPPED: "Skipped",
         InstanceStatus.FAILED: "Failed",
     }
-    for record in report.instances:
-        row = per_series.setdefault(
+
+    def __init__(self) -> None:
+        self.per_series: dict[tuple[str, str], Row] = {}
+
+    def add(self, record: InstanceRecord) -> None:
+        """Count one instance record."""
+        row = self.per_series.setdefault(
             (record.study_uid, record.series_uid),
             {
                 "StudyInstanceUID": record.study_uid,
@@ -319,14 +268,17 @@ def download_plan_table(report: DownloadReport) -> Table:
                 "Failed": 0,
             },
         )
-        column = counts.get(record.status)
+        column = self._COUNTS.get(record.status)
         if column is not None:
             row[column] = _number(row[column]) + 1
-    rows = sorted(
-        per_series.values(),
-        key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
-    )
-    return Table("download_plan", "series", PLAN_COLUMNS, rows, _PLAN_VIEW)
+
+    def table(self) -> Table:
+        """The plan, sorted by study and series."""
+        rows = sorted(
+            self.per_series.values(),
+            key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
+        )
+        return Table("download_plan", "series", PLAN_COLUMNS, rows, _PLAN_VIEW)
 
 
 # -- rendering -----------------------------------------------------------------------

@@ -1,0 +1,300 @@
+"""Reading DICOM Part-10 bytes: the header values a download needs, and completeness.
+
+Two questions are asked of a part or a file, both without reading pixel data:
+
+- :func:`read_header_values`: the values of a few keywords (UIDs for checks and
+  paths, the table's columns), read with pydicom's element reader only up to the
+  last wanted tag.
+- :func:`is_complete_part10`: whether a file on disk is a whole Part-10 file (every
+  element's length fits the file, and the walk ends exactly at its end) of an
+  expected SOPInstanceUID. Used for files the journal does not know (an older tree,
+  a kheops-client tree): a file cut short, zeroed or replaced fails it.
+
+Neither touches the process-wide ``warnings`` filter (``warnings.catch_warnings`` is
+not thread-safe, and these run in worker threads): values are decoded here from
+their raw bytes, with the data set's character sets for non-ASCII text.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
+from pydicom.filereader import data_element_generator, read_partial
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from kheops_async.errors import InvalidDicomError
+
+__all__ = [
+    "MIN_PART10_SIZE",
+    "PIXEL_DATA_TAG_LE",
+    "is_complete_part10",
+    "read_header_values",
+]
+
+MIN_PART10_SIZE = 132
+"""A DICOM Part-10 file is at least its 128-byte preamble and ``DICM``."""
+
+PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+"""(7FE0,0010) in little endian: when a head holds it, the header before it is whole."""
+
+_TRANSFER_SYNTAX_TAG = Tag(0x0002, 0x0010)
+_CHARACTER_SET_TAG = Tag(0x0008, 0x0005)
+_PLAIN_ASCII_VRS = frozenset({"UI", "DA", "TM", "DT", "CS", "AS", "IS", "DS", "AE"})
+"""VRs whose bytes are ASCII whatever the Specific Character Set: decoded directly."""
+
+
+@lru_cache(maxsize=64)
+def _header_tags(keywords: tuple[str, ...]) -> tuple[tuple[tuple[str, BaseTag], ...], BaseTag]:
+    """(keyword, tag) pairs of the wanted keywords, and the largest tag among them."""
+    pairs = []
+    for keyword in dict.fromkeys([*keywords, "SOPInstanceUID"]):
+        number = tag_for_keyword(keyword)
+        if number is not None:
+            pairs.append((keyword, Tag(number)))
+    return tuple(pairs), max(tag for _, tag in pairs)
+
+
+def read_header_values(source: bytes | Path, keywords: Iterable[str]) -> dict[str, str]:
+    """Read ``keywords`` from a Part-10 header (bytes or a file), pixels never read.
+
+    Values are text (multiple values joined with ``\\``), ``""`` when absent.
+    Raises :class:`InvalidDicomError` when the source is not a DICOM Part-10 file or
+    lacks a SOPInstanceUID.
+    """
+    pairs, last = _header_tags(tuple(keywords))
+    try:
+        with (
+            io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
+        ) as fp:
+            elements = _read_wanted_elements(fp, pairs, last)
+            encodings = _encodings(elements.get(_CHARACTER_SET_TAG))
+            values = {keyword: _value_text(elements.get(tag), encodings) for keyword, tag in pairs}
+    except PydicomInvalidDicomError as exc:
+        raise InvalidDicomError(f"not a DICOM Part-10 file: {exc}") from None
+    except InvalidDicomError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise InvalidDicomError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from None
+    if not values.get("SOPInstanceUID"):
+        raise InvalidDicomError("the DICOM header has no SOPInstanceUID")
+    return values
+
+
+Element = RawDataElement | DataElement
+
+
+def _read_wanted_elements(
+    fp: BinaryIO, pairs: tuple[tuple[str, BaseTag], ...], last: BaseTag
+) -> dict[BaseTag, Element]:
+    """The wanted elements (raw) of a Part-10 stream, read with pydicom's element reader.
+
+    Reads the file meta's transfer syntax, then only the element headers up to the
+    last wanted tag. Deflated files take pydicom's full path (``read_partial``).
+    """
+    preamble = fp.read(132)
+    if len(preamble) < 132 or preamble[128:132] != b"DICM":
+        raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
+    meta = {
+        element.tag: element
+        for element in data_element_generator(
+            fp, False, True, stop_when=lambda tag, vr, length: tag.group != 2
+        )
+    }
+    syntax_element = meta.get(_TRANSFER_SYNTAX_TAG)
+    syntax = UID(_raw_ascii(syntax_element)) if syntax_element is not None else None
+    wanted_tags = [tag for _, tag in pairs]
+    if syntax is None or syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+        fp.seek(0)
+        dataset = read_partial(
+            fp,
+            stop_when=lambda tag, vr, length: bool(tag > last),
+            specific_tags=[*wanted_tags, _CHARACTER_SET_TAG],
+        )
+        return {tag: dataset[tag] for tag in [*wanted_tags, _CHARACTER_SET_TAG] if tag in dataset}
+    # A set, though typed as a list by pydicom: membership is tested per element.
+    wanted: Any = {int(tag) for tag in wanted_tags} | {int(_CHARACTER_SET_TAG)}
+    elements = data_element_generator(
+        fp,
+        syntax.is_implicit_VR,
+        syntax.is_little_endian,
+        stop_when=lambda tag, vr, length: bool(tag > last),
+        specific_tags=wanted,
+    )
+    return {element.tag: element for element in elements if element.tag in wanted}
+
+
+def _raw_ascii(element: Element) -> str:
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return "" if value is None else str(value)
+
+
+def _encodings(element: Element | None) -> list[str]:
+    """The Python codecs of a (0008,0005) Specific Character Set (ASCII when absent).
+
+    Unknown terms fall back to pydicom's handling (which may warn: odd data only).
+    """
+    if element is None:
+        return ["iso8859"]
+    terms = [t.strip() for t in _raw_ascii(element).split("\\")]
+    return convert_encodings(terms or [""])
+
+
+_PN_DELIMITERS = {0x5C, 0x5E, 0x3D}
+_TEXT_DELIMITERS = {0x5C, *TEXT_VR_DELIMS}
+
+
+def _value_text(element: Element | None, encodings: list[str]) -> str:
+    """An element's value as text, straight from its raw bytes.
+
+    ASCII bytes (every UID, date, time and code, and most names) are decoded directly;
+    other text (ISO 2022 escapes are ASCII bytes too) with the data set's character sets.
+    """
+    if element is None:
+        return ""
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        if element.VR in _PLAIN_ASCII_VRS or (value.isascii() and b"\x1b" not in value):
+            text = value.decode("ascii", "replace")
+        else:
+            delimiters = _PN_DELIMITERS if element.VR == "PN" else _TEXT_DELIMITERS
+            text = decode_bytes(value, encodings, delimiters)
+        text = text.strip(" \x00")
+        return text.rstrip("=") if element.VR == "PN" else text  # as pydicom shows a name
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00")
+
+
+# --------------------------------------------------------------------------- completeness
+
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_MAX_DEPTH = 32
+
+
+class _Incomplete(Exception):
+    """The walk found an element that does not fit the file."""
+
+
+class _Walker:
+    """Walks a Part-10 data set by element lengths, seeking over values."""
+
+    def __init__(self, fp: BinaryIO, size: int, *, implicit: bool, little: bool) -> None:
+        self.fp = fp
+        self.size = size
+        self.implicit = implicit
+        self.order = "<" if little else ">"
+
+    def _read(self, count: int) -> bytes:
+        data = self.fp.read(count)
+        if len(data) != count:
+            raise _Incomplete
+        return data
+
+    def _skip(self, length: int) -> None:
+        position = self.fp.tell() + length
+        if position > self.size:
+            raise _Incomplete
+        self.fp.seek(position)
+
+    def _element_header(self) -> tuple[int, bytes | None, int]:
+        group, element = struct.unpack(self.order + "HH", self._read(4))
+        tag = (group << 16) | element
+        if group == 0xFFFE or self.implicit:
+            (length,) = struct.unpack(self.order + "L", self._read(4))
+            return tag, None, length
+        vr = self._read(2)
+        if vr in _LONG_LENGTH_VRS:
+            (length,) = struct.unpack(self.order + "2xL", self._read(6))
+        else:
+            (length,) = struct.unpack(self.order + "H", self._read(2))
+        return tag, vr, length
+
+    def walk(self, end_tag: int | None = None, depth: int = 0) -> None:
+        """Walk elements until the end of the file (or ``end_tag`` inside an item)."""
+        if depth > _MAX_DEPTH:
+            raise _Incomplete
+        while True:
+            if end_tag is None and self.fp.tell() == self.size:
+                return
+            tag, _vr, length = self._element_header()
+            if tag == end_tag:
+                return
+            if tag in (_ITEM_END, _SEQUENCE_END):
+                raise _Incomplete  # a delimiter where none belongs
+            if length == _UNDEFINED:
+                self._walk_items(depth + 1)
+            else:
+                self._skip(length)
+
+    def _walk_items(self, depth: int) -> None:
+        """Items of an undefined-length sequence (or encapsulated pixel data)."""
+        while True:
+            tag, _, length = self._element_header()
+            if tag == _SEQUENCE_END:
+                return
+            if tag != _ITEM:
+                raise _Incomplete
+            if length == _UNDEFINED:
+                self.walk(end_tag=_ITEM_END, depth=depth)
+            else:
+                self._skip(length)
+
+
+def is_complete_part10(path: Path, sop_uid: str) -> bool:
+    """Whether ``path`` is a whole DICOM Part-10 file of SOPInstanceUID ``sop_uid``.
+
+    Checks the header's SOPInstanceUID, then walks every element by its length:
+    a file cut short, padded, zeroed or holding another instance fails. Reads only
+    element headers (a few KB), whatever the file's size. Deflated files are
+    accepted on their header alone (their body is one zlib stream).
+    """
+    try:
+        size = os.path.getsize(path)
+        if size < MIN_PART10_SIZE:
+            return False
+        values = read_header_values(path, ("SOPInstanceUID",))
+        if values["SOPInstanceUID"] != sop_uid:
+            return False
+        with open(path, "rb") as raw:
+            fp = io.BufferedReader(raw, buffer_size=16 * 1024)
+            fp.seek(132)
+            meta = _Walker(fp, size, implicit=False, little=True)
+            syntax = ""
+            while True:  # the file meta group, explicit VR little endian
+                start = fp.tell()
+                tag, _vr, length = meta._element_header()
+                if tag >> 16 != 0x0002:
+                    fp.seek(start)
+                    break
+                if tag == int(_TRANSFER_SYNTAX_TAG):
+                    syntax = meta._read(length).decode("ascii", "replace").strip(" \x00")
+                else:
+                    meta._skip(length)
+            uid = UID(syntax)
+            if uid == DeflatedExplicitVRLittleEndian:
+                return True
+            if not uid.is_transfer_syntax:
+                return False
+            _Walker(fp, size, implicit=uid.is_implicit_VR, little=uid.is_little_endian).walk()
+            return True
+    except (_Incomplete, InvalidDicomError, OSError, struct.error, ValueError):
+        return False

@@ -1,0 +1,63 @@
+"""What every part of one run shares: the client, the settings, the bound, the recorders."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from kheops_async.client import DicomWebClient
+from kheops_async.engine.breaker import OutageBreaker
+from kheops_async.engine.journal import Journal
+from kheops_async.engine.recorder import Recorder
+from kheops_async.engine.settings import DownloadSettings
+from kheops_async.engine.sink import PartSink
+from kheops_async.engine.state_dir import TempArea
+from kheops_async.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ServerUnavailableError,
+    StorageError,
+)
+from kheops_async.layout import Layout
+from kheops_async.retry import RetryPolicy
+
+__all__ = ["RunContext", "is_fatal"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunContext:
+    """One run's shared parts. ``limiter`` bounds every request the run makes."""
+
+    client: DicomWebClient
+    settings: DownloadSettings
+    root: Path
+    limiter: anyio.CapacityLimiter
+    recorder: Recorder
+    breaker: OutageBreaker
+    retry: RetryPolicy
+    temp: TempArea
+    sink: PartSink
+    journal: Journal | None
+
+    @property
+    def layout(self) -> Layout:
+        """The layout of the run's files."""
+        return self.settings.layout
+
+    async def limited(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` holding one request slot."""
+        async with self.limiter:
+            return await operation()
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Errors that doom every series alike (bad token, bad settings, disk, outage)."""
+    return isinstance(
+        exc, AuthenticationError | ConfigurationError | StorageError | ServerUnavailableError
+    )

@@ -1,0 +1,354 @@
+"""The journal: a SQLite record of what a destination holds, written as the run goes.
+
+``<dest>/.kheops-async/journal.sqlite`` (the standard library's ``sqlite3``, WAL mode)
+holds every instance committed to the tree (its relative path, SOP/series/study UIDs,
+size, modification time, a sha256 when ``checksum`` is on, when it was written) and
+every series' state (instances expected and received, complete or not). It is what
+a rerun trusts: a file is skipped only when the journal knows it with the same size
+and modification time (see :mod:`kheops_async.engine.series`).
+
+Writes are batched: rows go into an open transaction, committed every
+:data:`COMMIT_ROWS` rows and at the end of each series, never one transaction per
+instance. Every method is synchronous and thread-safe (one connection behind a
+lock): the engine calls them from worker threads, never on the event loop. A crash
+loses at most the uncommitted rows; their files are then untracked, and a rerun
+checks them as DICOM before trusting them. SQLite errors (a full disk) become
+:class:`~kheops_async.errors.StorageError`.
+
+SQLite's locking is not safe on network file systems; the run holds an exclusive
+``flock`` beside the journal (:class:`~kheops_async.engine.state_dir.DestinationLock`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from kheops_async.errors import StorageError
+
+__all__ = ["COMMIT_ROWS", "JOURNAL_NAME", "Journal", "JournalEntry", "SeriesRecord"]
+
+JOURNAL_NAME = "journal.sqlite"
+COMMIT_ROWS = 500
+"""Instance rows per transaction at most (also committed at the end of each series)."""
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    path TEXT PRIMARY KEY,
+    sop_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    written_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances (study_uid, series_uid);
+CREATE TABLE IF NOT EXISTS series (
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    expected INTEGER,
+    received INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    run_id INTEGER,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, series_uid)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One committed instance, as the journal knows it."""
+
+    path: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    """A series' state in the journal."""
+
+    study_uid: str
+    series_uid: str
+    expected: int | None
+    received: int
+    complete: bool
+
+
+class Journal:
+    """One destination's journal (see the module docstring)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+        self._db = connection
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._closed = False
+        self.run_id = 0
+
+    # -- opening and closing -------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> Journal:
+        """Open (or create) the journal for writing; raises StorageError."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            cursor = db.execute("INSERT INTO runs (started_at) VALUES (?)", (time.time(),))
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open the journal {path}: {exc}") from None
+        journal = cls(db, path, readonly=False)
+        journal.run_id = int(cursor.lastrowid or 0)
+        return journal
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Journal | None:
+        """Open an existing journal read-only (dry runs); ``None`` when there is none."""
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+            db.execute("SELECT 1 FROM instances LIMIT 1")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the journal {path}: {exc}") from None
+        return cls(db, path, readonly=True)
+
+    def close(self, outcome: str = "done") -> None:
+        """Commit what is pending, note the run's end, close (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.readonly:
+                    self._begin()
+                    self._db.execute(
+                        "UPDATE runs SET finished_at = ?, outcome = ? WHERE run_id = ?",
+                        (time.time(), outcome, self.run_id),
+                    )
+                    self._commit()
+            except sqlite3.Error as exc:
+                raise StorageError(f"writing the journal {self.path} failed: {exc}") from None
+            finally:
+                self._db.close()
+                self._closed = True
+
+    # -- transactions --------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+
+    def _commit(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+        self._pending = 0
+
+    def _locked(self, operation: Callable[[], T]) -> T:
+        with self._lock:
+            try:
+                return operation()
+            except sqlite3.Error as exc:
+                raise StorageError(f"the journal {self.path}: {exc}") from None
+
+    def commit(self) -> None:
+        """Commit the rows written so far."""
+        self._locked(self._commit)
+
+    # -- instances -----------------------------------------------------------------
+
+    def series_entries(self, study_uid: str, series_uid: str) -> dict[str, JournalEntry]:
+        """The committed instances of one series, by SOPInstanceUID."""
+
+        def query() -> dict[str, JournalEntry]:
+            rows = self._db.execute(
+                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
+                "FROM instances WHERE study_uid = ? AND series_uid = ?",
+                (study_uid, series_uid),
+            )
+            return {row[1]: JournalEntry(*row) for row in rows}
+
+        return self._locked(query)
+
+    def entry_at(self, path: str) -> JournalEntry | None:
+        """What the journal holds at a relative path, if anything."""
+
+        def query() -> JournalEntry | None:
+            row = self._db.execute(
+                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
+                "FROM instances WHERE path = ?",
+                (path,),
+            ).fetchone()
+            return JournalEntry(*row) if row else None
+
+        return self._locked(query)
+
+    def add_instance_unlocked(self, entry: JournalEntry) -> None:
+        """Record a committed instance; the caller holds :meth:`batch` (see there)."""
+        self._begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO instances "
+            "(path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.path,
+                entry.sop_uid,
+                entry.study_uid,
+                entry.series_uid,
+                entry.size,
+                entry.mtime_ns,
+                entry.sha256,
+                time.time(),
+            ),
+        )
+        self._pending += 1
+        if self._pending >= COMMIT_ROWS:
+            self._commit()
+
+    def owner_unlocked(self, path: str) -> tuple[str, str, str] | None:
+        """(SOP, series, study) UIDs recorded at ``path``; the caller holds :meth:`batch`."""
+        row = self._db.execute(
+            "SELECT sop_uid, series_uid, study_uid FROM instances WHERE path = ?", (path,)
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def batch(self) -> _Batch:
+        """Hold the journal for a batch of lookups and inserts (one worker-thread call)."""
+        return _Batch(self)
+
+    def add_instance(self, entry: JournalEntry) -> None:
+        """Record one committed instance (thread-safe)."""
+        self._locked(lambda: self.add_instance_unlocked(entry))
+
+    def forget_instance(self, path: str) -> None:
+        """Drop the row at ``path`` (its file is gone or wrong)."""
+
+        def delete() -> None:
+            self._begin()
+            self._db.execute("DELETE FROM instances WHERE path = ?", (path,))
+            self._pending += 1
+
+        self._locked(delete)
+
+    # -- series --------------------------------------------------------------------
+
+    def series_record(self, study_uid: str, series_uid: str) -> SeriesRecord | None:
+        """A series' recorded state, or ``None``."""
+
+        def query() -> SeriesRecord | None:
+            row = self._db.execute(
+                "SELECT study_uid, series_uid, expected, received, complete FROM series "
+                "WHERE study_uid = ? AND series_uid = ?",
+                (study_uid, series_uid),
+            ).fetchone()
+            return SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+        return self._locked(query)
+
+    def claim_series(self, study_uid: str, series_uid: str) -> bool:
+        """Mark a series as taken by this run; ``False`` if this run already took it."""
+
+        def claim() -> bool:
+            self._begin()
+            self._db.execute(
+                "INSERT OR IGNORE INTO series (study_uid, series_uid, updated_at) VALUES (?, ?, ?)",
+                (study_uid, series_uid, time.time()),
+            )
+            cursor = self._db.execute(
+                "UPDATE series SET run_id = ? WHERE study_uid = ? AND series_uid = ? "
+                "AND run_id IS NOT ?",
+                (self.run_id, study_uid, series_uid, self.run_id),
+            )
+            return cursor.rowcount > 0
+
+        return self._locked(claim)
+
+    def finish_series(
+        self, study_uid: str, series_uid: str, *, expected: int | None, received: int
+    ) -> None:
+        """Record a series' outcome and commit everything pending."""
+
+        def finish() -> None:
+            self._begin()
+            self._db.execute(
+                "INSERT INTO series (study_uid, series_uid, expected, received, complete, "
+                "run_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (study_uid, series_uid) DO UPDATE SET expected = excluded.expected, "
+                "received = excluded.received, complete = excluded.complete, "
+                "updated_at = excluded.updated_at",
+                (
+                    study_uid,
+                    series_uid,
+                    expected,
+                    received,
+                    int(expected is not None and received >= expected),
+                    self.run_id,
+                    time.time(),
+                ),
+            )
+            self._commit()
+
+        self._locked(finish)
+
+    def all_entries(self) -> Iterator[JournalEntry]:
+        """Every instance row (for verification tools); reads in pages."""
+
+        def page(after: str) -> list[tuple[str, str, str, str, int, int, str | None]]:
+            return self._db.execute(
+                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
+                "FROM instances WHERE path > ? ORDER BY path LIMIT 1000",
+                (after,),
+            ).fetchall()
+
+        last = ""
+        while rows := self._locked(lambda: page(last)):  # noqa: B023 - called at once
+            for row in rows:
+                yield JournalEntry(*row)
+            last = rows[-1][0]
+
+
+class _Batch:
+    """Context manager: the journal's lock held, SQLite errors as StorageError."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def __enter__(self) -> Journal:
+        self.journal._lock.acquire()
+        return self.journal
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.journal._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(f"the journal {self.journal.path}: {exc}") from None

@@ -1,0 +1,205 @@
+"""Planning: targets into series plans, streamed to the workers as they are found.
+
+Explicit studies and the studies of the targets' query (paged as it goes, never
+collected) are expanded into their series by a few planner tasks fed through a small
+buffer, so downloads start with the first series and memory does not grow with the
+number of studies. Every listing request holds one of the run's request slots.
+Listings the server cut short, UIDs it listed malformed, and studies or series that
+do not exist become failures of the run (a run that silently did less is not
+complete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
+
+from kheops_async.engine.context import RunContext, is_fatal
+from kheops_async.errors import KheopsAsyncError
+from kheops_async.report import SeriesFailure
+from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
+from kheops_async.uids import is_valid_uid
+
+__all__ = ["MAX_PLANNERS", "PLANNER_BUFFER", "plan_series"]
+
+MAX_PLANNERS = 4
+"""Tasks expanding studies into series at once (each holds a request slot while it asks)."""
+PLANNER_BUFFER = 16
+"""Studies queued for the planners: bounded, so a huge study list costs no memory here."""
+
+
+@dataclass(frozen=True)
+class _StudyJob:
+    """A study to expand into series: all of them, or the ``wanted`` ones."""
+
+    study_uid: str
+    wanted: frozenset[str] | None
+    expected_series: int | None = None
+
+
+class _SeenSeries:
+    """Series already planned in this run: a journal claim, else a set (dry runs)."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.keys: set[tuple[str, str]] = set()
+
+    async def first_time(self, plan: SeriesPlan) -> bool:
+        journal = self.run.journal
+        if journal is not None and not journal.readonly:
+            return await anyio.to_thread.run_sync(
+                journal.claim_series, plan.study_uid, plan.series_uid
+            )
+        key = (plan.study_uid, plan.series_uid)
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        return True
+
+
+async def plan_series(
+    run: RunContext, targets: Targets, send: MemoryObjectSendStream[SeriesPlan]
+) -> None:
+    """Feed every series of ``targets`` to ``send``; report what cannot be planned."""
+    seen = _SeenSeries(run)
+    found_series: set[str] = set()
+    async with send:
+        by_study: dict[str, frozenset[str] | None] = {}
+        for study_uid, series_uid in targets.series:
+            wanted = by_study.get(study_uid, frozenset())
+            if wanted is not None:
+                by_study[study_uid] = wanted | {series_uid}
+        for study_uid in targets.studies:
+            by_study[study_uid] = None
+        study_send, study_receive = anyio.create_memory_object_stream[_StudyJob](PLANNER_BUFFER)
+        concurrency = run.limiter.total_tokens
+        async with anyio.create_task_group() as group:
+            for _ in range(max(1, min(MAX_PLANNERS, int(concurrency) // 2))):
+                group.start_soon(
+                    _planner, run, targets, seen, found_series, study_receive.clone(), send.clone()
+                )
+            study_receive.close()
+            async with study_send:
+                for study_uid, wanted in by_study.items():
+                    await study_send.send(_StudyJob(study_uid, wanted))
+                if targets.query is not None:
+                    await _queue_query_studies(run, targets, set(by_study), study_send)
+    for series_uid in sorted(targets.only_series - found_series):
+        run.recorder.failure(SeriesFailure("", series_uid, "series not found in the given studies"))
+    run.recorder.planning_done()
+
+
+async def _queue_query_studies(
+    run: RunContext, targets: Targets, explicit: set[str], send: ObjectSendStream[_StudyJob]
+) -> None:
+    """Queue the studies of the targets' query as its pages arrive; flag a cut list."""
+    assert targets.query is not None
+    pager = run.client.iter_studies(
+        targets.query,
+        limit=targets.limit,
+        offset=targets.offset,
+        fuzzymatching=True if targets.fuzzy else None,
+        limiter=run.limiter,
+    )
+    async for record in pager:
+        uid = record.study_uid
+        if uid and not is_valid_uid(uid):
+            run.recorder.failure(
+                SeriesFailure(uid[:80], "", "the server listed a malformed StudyInstanceUID")
+            )
+        elif uid and uid not in explicit:
+            await send.send(_StudyJob(uid, None, record.number_of_study_related_series))
+    if pager.result.truncated:
+        run.recorder.failure(
+            SeriesFailure("", "", f"the study list is incomplete: {pager.result.warning}")
+        )
+
+
+async def _planner(
+    run: RunContext,
+    targets: Targets,
+    seen: _SeenSeries,
+    found_series: set[str],
+    studies: ObjectReceiveStream[_StudyJob],
+    send: ObjectSendStream[SeriesPlan],
+) -> None:
+    async with studies, send:
+        async for job in studies:
+            await _plan_study(run, targets, seen, found_series, send, job)
+
+
+async def _plan_study(
+    run: RunContext,
+    targets: Targets,
+    seen: _SeenSeries,
+    found_series: set[str],
+    send: ObjectSendStream[SeriesPlan],
+    job: _StudyJob,
+) -> None:
+    """Queue the series of one study (all, or the ``wanted`` ones)."""
+    study_uid, wanted = job.study_uid, job.wanted
+    try:
+        records = await run.limited(
+            lambda: run.client.search_series(
+                targets.series_filters, study_uid=study_uid, includefield=SERIES_INCLUDEFIELDS
+            )
+        )
+    except KheopsAsyncError as exc:
+        if is_fatal(exc):
+            raise
+        run.recorder.failure(
+            SeriesFailure(study_uid, "", f"listing the study's series failed: {exc}")
+        )
+        return
+    if records.truncated:
+        run.recorder.failure(
+            SeriesFailure(study_uid, "", f"the series list is incomplete: {records.warning}")
+        )
+    found: set[str] = set()
+    only = targets.only_series
+    for record in records.records:
+        plan = SeriesPlan.from_record(study_uid, record)
+        if not plan.series_uid or (wanted is not None and plan.series_uid not in wanted):
+            continue
+        if not is_valid_uid(plan.series_uid):
+            run.recorder.failure(
+                SeriesFailure(
+                    study_uid,
+                    plan.series_uid[:80],
+                    f"the server listed a malformed SeriesInstanceUID {plan.series_uid[:80]!r}; "
+                    "it is not retrieved",
+                )
+            )
+            continue
+        if wanted is None and only and plan.series_uid not in only:
+            continue
+        found.add(plan.series_uid)
+        if only:
+            found_series.add(plan.series_uid)
+        if not await seen.first_time(plan):
+            continue
+        run.recorder.series_planned(plan.expected_instances)
+        await send.send(plan)
+    for series_uid in sorted((wanted or frozenset()) - found):
+        run.recorder.failure(SeriesFailure(study_uid, series_uid, "series not found on the server"))
+    unfiltered = wanted is None and not targets.series_filters and not only
+    if unfiltered and not found:
+        run.recorder.failure(
+            SeriesFailure(study_uid, "", "study not found on the server (no series)")
+        )
+    elif (
+        unfiltered
+        and job.expected_series is not None
+        and len(records.records) < job.expected_series
+    ):
+        run.recorder.failure(
+            SeriesFailure(
+                study_uid,
+                "",
+                f"the server lists {len(records.records)} series of the "
+                f"{job.expected_series} its study record counts",
+            )
+        )

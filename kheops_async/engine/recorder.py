@@ -1,0 +1,214 @@
+"""The recorder: the one place that updates a run's counters, progress and instance table.
+
+Every instance done (written, skipped, failed, planned, metadata) and every failed
+series goes through :class:`Recorder`, which counts it in the
+:class:`~kheops_async.report.DownloadReport`, moves the live
+:class:`~kheops_async.report.DownloadProgress`, streams its row to the instance table
+(kheops-client's ``downloaded_*_instances`` columns, plus Path, Status and Error)
+and hands it to the caller's ``on_instance`` callback. Nothing per instance is kept:
+memory does not grow with the archive. The journal is written by the sink, in the
+same worker-thread call that renames a file into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import IO
+
+from kheops_async.engine.settings import InstanceCallback
+from kheops_async.report import (
+    DownloadProgress,
+    DownloadReport,
+    InstanceRecord,
+    InstanceStatus,
+    SeriesFailure,
+)
+
+__all__ = ["TABLE_COLUMNS", "InstanceTable", "Recorder"]
+
+log = logging.getLogger("kheops_async")
+
+TABLE_COLUMNS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "SeriesDate",
+    "SeriesTime",
+    "Modality",
+    "FileSize",
+    "Path",
+    "Status",
+    "Error",
+)
+"""The instance table's columns: kheops-client's, then Path (relative), Status, Error."""
+
+FLUSH_SECONDS = 1.0
+"""The table is flushed at least this often (and at the end of each series)."""
+
+
+class InstanceTable:
+    """A CSV file the instance rows are streamed to, as they come."""
+
+    def __init__(self, path: Path, root: Path) -> None:
+        self.path = path
+        self._root = str(root).rstrip("/") + "/"
+        self._handle: IO[str] | None = None
+        self._writer: csv.DictWriter[str] | None = None
+        self._flushed = time.monotonic()
+
+    def open(self) -> None:
+        """Create the file with its header line; never overwrite one.
+
+        A name already taken gets ``-2``, ``-3``... before ``.csv`` (two runs in the
+        same second). Raises :class:`OSError` when the file cannot be created.
+        """
+        self._open()
+
+    def _open(self) -> csv.DictWriter[str]:
+        if self._writer is not None:
+            return self._writer
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        base = self.path
+        for attempt in range(1, 1000):
+            candidate = base if attempt == 1 else base.with_name(f"{base.stem}-{attempt}.csv")
+            try:
+                self._handle = candidate.open("x", encoding="utf-8", newline="")
+            except FileExistsError:
+                continue
+            self.path = candidate
+            break
+        else:
+            raise FileExistsError(f"too many tables named {base.stem}*.csv in {base.parent}")
+        writer = csv.DictWriter(self._handle, TABLE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        self._writer = writer
+        return writer
+
+    def write(self, record: InstanceRecord) -> None:
+        """Append one instance's row."""
+        writer = self._writer or self._open()
+        path = record.path
+        writer.writerow(
+            {
+                "StudyInstanceUID": record.study_uid,
+                "SeriesInstanceUID": record.series_uid,
+                "SOPInstanceUID": record.sop_uid,
+                "PatientID": record.patient_id,
+                "SeriesDate": record.series_date,
+                "SeriesTime": record.series_time,
+                "Modality": record.modality,
+                "FileSize": "" if record.file_size is None else record.file_size,
+                "Path": path[len(self._root) :] if path.startswith(self._root) else path,
+                "Status": record.status.value,
+                "Error": record.error,
+            }
+        )
+        if time.monotonic() - self._flushed > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Push the rows written so far to the file."""
+        if self._handle is not None:
+            self._handle.flush()
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close (creating the file, header only, if nothing was written)."""
+        if self._handle is None:
+            self._open()
+        assert self._handle is not None
+        self._handle.close()
+
+
+class Recorder:
+    """Counts, shows and records everything a run does (see the module docstring)."""
+
+    def __init__(
+        self,
+        report: DownloadReport,
+        progress: DownloadProgress,
+        *,
+        table: InstanceTable | None = None,
+        on_instance: InstanceCallback | None = None,
+    ) -> None:
+        self.report = report
+        self.progress = progress
+        self.table = table
+        self.on_instance = on_instance
+
+    def instance(self, record: InstanceRecord, *, repaired: bool = False) -> None:
+        """One instance is done (any status)."""
+        report, status = self.report, record.status
+        if status is InstanceStatus.WRITTEN:
+            report.written += 1
+            report.bytes_written += record.file_size or 0
+            report.repaired += repaired
+        elif status is InstanceStatus.SKIPPED:
+            report.skipped += 1
+        elif status is InstanceStatus.FAILED:
+            report.add_failed_instance(record)
+            self.progress.failures += 1
+            log.warning("series %s: %s (not saved)", record.series_uid, record.error)
+        elif status is InstanceStatus.PLANNED:
+            report.planned += 1
+        elif status is InstanceStatus.METADATA:
+            report.metadata_saved += 1
+            report.bytes_written += record.file_size or 0
+        if status is not InstanceStatus.FAILED:
+            self.progress.instances_done += 1
+        if self.table is not None:
+            self.table.write(record)
+        if self.on_instance is not None:
+            self.on_instance(record)
+        self.progress.notify()
+
+    def bytes_received(self, count: int) -> None:
+        """Body bytes arrived from the network."""
+        self.progress.bytes_done += count
+
+    def series_planned(self, expected_instances: int | None) -> None:
+        """A series joins the run."""
+        self.report.series_total += 1
+        self.progress.series_total += 1
+        self.progress.instances_expected += expected_instances or 0
+
+    def series_finished(self, *, complete: bool) -> None:
+        """A series is over (complete, or failed and already reported)."""
+        if complete:
+            self.report.series_completed += 1
+        self.progress.series_done += 1
+        if self.table is not None:
+            self.table.flush()
+        self.progress.notify()
+
+    def planning_done(self) -> None:
+        """Every series is known."""
+        self.progress.planning_done = True
+        self.progress.notify()
+
+    def failure(self, failure: SeriesFailure) -> None:
+        """A series (or a listing) failed."""
+        log.error("%s %s: %s", failure.study_uid, failure.series_uid, failure.error)
+        self.report.add_failure(failure)
+        self.progress.failures += 1
+        if self.table is not None:
+            self.table.write(
+                InstanceRecord(
+                    failure.study_uid,
+                    failure.series_uid,
+                    "",
+                    status=InstanceStatus.FAILED,
+                    error=failure.error,
+                )
+            )
+        self.progress.notify()
+
+    def close(self) -> None:
+        """Flush and close the table."""
+        if self.table is not None:
+            self.table.close()
+            self.report.table_path = self.table.path

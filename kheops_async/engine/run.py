@@ -1,0 +1,216 @@
+"""One run of :func:`download`: the destination prepared, planners and workers, the end.
+
+The run takes the destination's lock, opens its journal, sweeps temporary files of
+dead runs, then plans series (:mod:`~kheops_async.engine.planning`) and completes
+each in a bounded pool of workers (:mod:`~kheops_async.engine.series`). However it
+ends (done, a fatal error, cancellation), the end is the same: the instance table
+is flushed and closed, the journal committed and closed, this process's temporary
+files removed, the lock released. An error that ends the run carries the partial
+report (``exc.partial_report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from kheops_async.client import DicomWebClient
+from kheops_async.engine.breaker import OutageBreaker
+from kheops_async.engine.context import RunContext, is_fatal
+from kheops_async.engine.journal import JOURNAL_NAME, Journal
+from kheops_async.engine.metadata import save_series_metadata
+from kheops_async.engine.planning import plan_series
+from kheops_async.engine.recorder import InstanceTable, Recorder
+from kheops_async.engine.series import SeriesJob
+from kheops_async.engine.settings import DownloadSettings
+from kheops_async.engine.sink import PartSink
+from kheops_async.engine.state_dir import DestinationLock, TempArea, state_dir
+from kheops_async.errors import ConfigurationError, KheopsAsyncError, StorageError
+from kheops_async.report import DownloadProgress, DownloadReport, ProgressCallback, SeriesFailure
+from kheops_async.targets import SeriesPlan, Targets
+
+__all__ = ["download", "journal_path"]
+
+log = logging.getLogger("kheops_async")
+
+
+def journal_path(destination: str | os.PathLike[str]) -> Path:
+    """Where the journal of a destination lives: ``<dest>/.kheops-async/journal.sqlite``."""
+    return state_dir(Path(destination).expanduser().resolve()) / JOURNAL_NAME
+
+
+async def download(
+    client: DicomWebClient,
+    targets: Targets,
+    destination: str | os.PathLike[str],
+    settings: DownloadSettings | None = None,
+    *,
+    progress: DownloadProgress | ProgressCallback | None = None,
+    **options: Any,
+) -> DownloadReport:
+    """Download ``targets`` into ``destination``; return the totals of the run.
+
+    ``settings`` (a :class:`DownloadSettings`) or its fields as keywords
+    (``concurrency=8, layout=..., force=True``, ...) say how. ``progress`` is a
+    :class:`DownloadProgress` to update, or a callback. Each instance's record goes
+    to ``settings.table`` (CSV) and ``settings.on_instance`` as it is done.
+
+    A failing series never stops the others: failures are counted in the report.
+    A bad token (401), a bad setting, a storage error or an outage
+    (:class:`~kheops_async.errors.ServerUnavailableError`) stops the run with its
+    exception, whose ``partial_report`` holds what was done.
+    """
+    settings = (settings or DownloadSettings()).with_options(**options)
+    tracker = (
+        progress if isinstance(progress, DownloadProgress) else DownloadProgress(callback=progress)
+    )
+    root = Path(destination).expanduser().resolve()
+    report = DownloadReport(dry_run=settings.dry_run)
+    started = time.monotonic()
+    concurrency = settings.concurrency or client.concurrency
+    temp = TempArea(root)
+    lock: DestinationLock | None = None
+    journal: Journal | None = None
+    recorder: Recorder | None = None
+    outcome = "failed"
+    try:
+        if settings.dry_run:
+            journal = Journal.open_readonly(state_dir(root) / JOURNAL_NAME)
+        else:
+            _prepare_destination(root)
+            lock = DestinationLock(state_dir(root) / "journal.lock")
+            lock.acquire()
+            report.stale_partials_removed = temp.prepare()
+            journal = await anyio.to_thread.run_sync(Journal.open, state_dir(root) / JOURNAL_NAME)
+            report.journal_path = journal.path
+        table = None
+        if settings.table is not None and not settings.dry_run:
+            table = InstanceTable(settings.table, root)
+            table.open()
+        recorder = Recorder(report, tracker, table=table, on_instance=settings.on_instance)
+        run = RunContext(
+            client=client,
+            settings=settings,
+            root=root,
+            limiter=anyio.CapacityLimiter(concurrency),
+            recorder=recorder,
+            breaker=OutageBreaker(settings.outage_threshold),
+            retry=settings.retry or client.retry,
+            temp=temp,
+            sink=PartSink(
+                root, settings.layout, journal, fsync=settings.fsync, checksum=settings.checksum
+            ),
+            journal=journal,
+        )
+        await _plan_and_complete(run, targets, concurrency)
+        outcome = "complete" if report.ok else "incomplete"
+    except Exception as exc:
+        # A fatal error in one task arrives wrapped in an exception group; the caller
+        # gets the error itself, with the report of what was done.
+        error = _first_library_error(exc)
+        if isinstance(error, KheopsAsyncError):
+            error.partial_report = report
+        if error is exc:
+            raise
+        raise error from None
+    except BaseException:
+        outcome = "cancelled"
+        raise
+    finally:
+        report.seconds = time.monotonic() - started
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_close, recorder, journal, temp, lock, outcome)
+    return report
+
+
+def _close(
+    recorder: Recorder | None,
+    journal: Journal | None,
+    temp: TempArea,
+    lock: DestinationLock | None,
+    outcome: str,
+) -> None:
+    """The end of every run (worker thread): table, journal, temporary files, lock."""
+    try:
+        if recorder is not None:
+            recorder.close()
+        if journal is not None:
+            journal.close(outcome)
+    finally:
+        if lock is not None:
+            temp.remove()
+            lock.release()
+
+
+async def _plan_and_complete(run: RunContext, targets: Targets, concurrency: int) -> None:
+    send, receive = anyio.create_memory_object_stream[SeriesPlan](concurrency * 2)
+    async with anyio.create_task_group() as group:
+        group.start_soon(plan_series, run, targets, send)
+        for _ in range(concurrency):
+            group.start_soon(_worker, run, receive.clone())
+        receive.close()
+
+
+async def _worker(run: RunContext, receive: ObjectReceiveStream[SeriesPlan]) -> None:
+    async with receive:
+        async for plan in receive:
+            await _complete_series(run, plan)
+
+
+async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
+    """One series to its end; a non-fatal failure is recorded, a fatal one raised."""
+    job = SeriesJob(run, plan)
+    complete = False
+    try:
+        if run.settings.metadata_only:
+            await save_series_metadata(run, plan)
+        else:
+            await job.complete()
+        complete = True
+    except OSError as exc:
+        raise StorageError(f"writing to {run.root} failed: {exc.strerror or exc}") from exc
+    except KheopsAsyncError as exc:
+        if is_fatal(exc):
+            raise
+        run.recorder.failure(
+            SeriesFailure(
+                plan.study_uid,
+                plan.series_uid,
+                str(exc),
+                expected=job.expected,
+                received=job.received,
+            )
+        )
+    finally:
+        job.report_failed_parts()
+        run.recorder.series_finished(complete=complete)
+
+
+def _prepare_destination(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write to the output directory {root}: {exc.strerror}"
+        ) from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"the output directory {root} is not writable")
+
+
+def _first_library_error(exc: Exception) -> Exception:
+    """The first library error inside (possibly nested) exception groups, else ``exc``."""
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop(0)
+        inner = getattr(current, "exceptions", None)
+        if isinstance(inner, tuple):
+            pending.extend(inner)
+        elif isinstance(current, KheopsAsyncError):
+            return current
+    return exc

@@ -1,0 +1,87 @@
+"""The settings of one download, declared once for the library and the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from kheops_async.errors import ConfigurationError
+from kheops_async.layout import Layout
+from kheops_async.report import InstanceRecord
+from kheops_async.retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_OUTAGE_THRESHOLD",
+    "DownloadSettings",
+    "InstanceCallback",
+    "MetadataMode",
+]
+
+DEFAULT_CONCURRENCY = 8
+"""Requests in flight by default, chosen by measurement (benchmarks/RESULTS.md, sweep):
+on loopback -j 2 to 16 are alike (CPU-bound); through 40 ms of latency -j 8 is 10-17 %
+faster than -j 4, and -j 16 adds 7-11 % for a larger load on the server."""
+
+DEFAULT_OUTAGE_THRESHOLD = 24
+"""Failed attempts in a row, across every series, with no progress anywhere in between,
+after which the run stops (:class:`~kheops_async.errors.ServerUnavailableError`):
+three per request slot at the default concurrency. With the default retry policy an
+archive-wide outage ends the run in well under a minute (unless the server asks for
+long waits with ``Retry-After``, which is capped at 120 s per attempt)."""
+
+MetadataMode = Literal["series", "instance"]
+InstanceCallback = Callable[[InstanceRecord], None]
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How a download runs. Every option of ``download()`` and ``kheops-async download``.
+
+    - ``concurrency``: requests in flight at most (``None``: the client's setting).
+    - ``layout``: path template of each file.
+    - ``force``: rewrite every file, trusting neither the tree nor the journal.
+    - ``fsync``: flush each file (and its directory) to stable storage before and
+      after its rename.
+    - ``checksum``: compute each file's sha256 while it streams, kept in the journal.
+    - ``dry_run``: plan and list only; nothing written, no bulk data retrieved.
+    - ``metadata_only``: save WADO-RS metadata as DICOM JSON instead of instances.
+    - ``table``: a CSV file the instance table is streamed to, row by row.
+    - ``on_instance``: called with each instance's record as it is done.
+    - ``outage_threshold``: see :data:`DEFAULT_OUTAGE_THRESHOLD` (0: never stop).
+    """
+
+    concurrency: int | None = None
+    layout: Layout = field(default_factory=Layout)
+    force: bool = False
+    fsync: bool = False
+    checksum: bool = False
+    dry_run: bool = False
+    metadata_only: MetadataMode | None = None
+    transfer_syntax: str = "*"
+    retry: RetryPolicy | None = None
+    table: Path | None = None
+    on_instance: InstanceCallback | None = None
+    outage_threshold: int = DEFAULT_OUTAGE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layout, str):
+            object.__setattr__(self, "layout", Layout(self.layout))
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if self.metadata_only not in (None, "series", "instance"):
+            raise ConfigurationError("metadata_only must be 'series', 'instance' or None")
+        if self.outage_threshold < 0:
+            raise ConfigurationError("outage_threshold must be >= 0")
+
+    def with_options(self, **options: Any) -> DownloadSettings:
+        """A copy with some options changed; unknown names raise ConfigurationError."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown download option(s): {', '.join(unknown)}")
+        if isinstance(options.get("layout"), str):
+            options["layout"] = Layout(options["layout"])
+        return replace(self, **options)

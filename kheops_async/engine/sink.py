@@ -1,0 +1,251 @@
+"""The sink: received parts into final files, one synchronous call per batch, in a thread.
+
+For each part of a batch, :meth:`PartSink.commit_batch` checks, then places it:
+
+1. the part's Content-Type is ``application/dicom`` and its header reads as DICOM;
+2. its SOPInstanceUID is a valid UID, and its Study and Series UIDs are those of the
+   request (and the SOP UID too, for an instance request). **The rule:** a part that
+   names another study or series, or an invalid UID, is never written: it is a failed
+   instance of the requested series, which stays incomplete and is reported. Writing
+   it where its header says would overwrite another series' files, and counting it
+   for the requested series would call an incomplete series complete;
+3. its path comes from the layout (values from its own header, sanitised), and the
+   journal is asked who is recorded at that path: a different instance there is a
+   collision, reported with both UIDs, and nothing is overwritten;
+4. its bytes go to a temporary file (small parts are written here in one write; large
+   ones already streamed), optionally flushed (``fsync``), then renamed into place
+   (atomic), the directory flushed too with ``fsync``;
+5. the journal records it (path, UIDs, size, modification time, sha256).
+
+Whatever goes wrong, the part's temporary file is removed before the exception
+leaves. Everything here blocks; the engine calls it through ``anyio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kheops_async.dicomfile import PIXEL_DATA_TAG_LE, read_header_values
+from kheops_async.engine.journal import Journal, JournalEntry
+from kheops_async.engine.receiving import PartBody
+from kheops_async.errors import InvalidDicomError
+from kheops_async.layout import Layout
+from kheops_async.uids import is_valid_uid
+
+__all__ = ["REPORT_KEYWORDS", "Outcome", "PartSink", "SeriesRequest"]
+
+REPORT_KEYWORDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "Modality",
+    "SeriesDate",
+    "SeriesTime",
+)
+"""Header values every part is read for: the checks and the instance table's columns."""
+
+
+@dataclass
+class SeriesRequest:
+    """What a retrieve asked for, and what of it is already done.
+
+    ``done`` holds the SOPInstanceUIDs of the series already in place (parts for them
+    are dropped); ``suspects`` those whose file is on disk but not trusted (a part
+    for them repairs it). Both are only changed on the event loop between batches.
+    """
+
+    study_uid: str
+    series_uid: str
+    known_values: dict[str, str]
+    sop_uid: str | None = None
+    done: set[str] = field(default_factory=set)
+    suspects: set[str] = field(default_factory=set)
+
+    def for_instance(self, sop_uid: str) -> SeriesRequest:
+        """The same series, asking for one instance (sharing ``done``)."""
+        return SeriesRequest(
+            self.study_uid,
+            self.series_uid,
+            self.known_values,
+            sop_uid,
+            self.done,
+            self.suspects,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one part."""
+
+    status: str  # "written", "duplicate" (already done) or "failed"
+    values: dict[str, str]
+    path: Path | None = None
+    size: int = 0
+    error: str = ""
+    repaired: bool = False
+
+
+class PartSink:
+    """Places checked parts under ``root`` with ``layout`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        journal: Journal | None,
+        *,
+        fsync: bool = False,
+        checksum: bool = False,
+    ) -> None:
+        self.root = root
+        self.layout = layout
+        self.journal = journal
+        self.fsync = fsync
+        self.checksum = checksum
+        self.keywords = tuple(dict.fromkeys([*REPORT_KEYWORDS, *layout.fields]))
+
+    def commit_batch(self, bodies: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
+        """Check and place every part of a batch (blocking). Raises OSError on disk errors.
+
+        Invalid parts become ``failed`` outcomes; any other exception removes the
+        temporary files of the parts not yet placed before it propagates.
+        """
+        outcomes: list[Outcome] = []
+        try:
+            for body in bodies:
+                outcomes.append(self._commit_one(body, request))
+        finally:
+            for body in bodies[len(outcomes) :]:
+                body.discard()
+        return outcomes
+
+    def _commit_one(self, body: PartBody, request: SeriesRequest) -> Outcome:
+        try:
+            values = self._checked_values(body, request)
+        except InvalidDicomError as exc:
+            body.discard()
+            return Outcome("failed", {}, error=f"part {body.index}: {exc}")
+        except BaseException:
+            body.discard()
+            raise
+        sop_uid = values["SOPInstanceUID"]
+        if sop_uid in request.done:
+            body.discard()
+            return Outcome("duplicate", values, size=body.size)
+        try:
+            relative = self.layout.render({**request.known_values, **values})
+            key = relative.as_posix()
+            final = self.root / relative
+            if self.journal is not None:
+                with self.journal.batch() as journal:
+                    owner = journal.owner_unlocked(key)
+                    if owner is not None and owner != (
+                        sop_uid,
+                        request.series_uid,
+                        request.study_uid,
+                    ):
+                        body.discard()
+                        return Outcome(
+                            "failed",
+                            values,
+                            error=(
+                                f"path collision at {key}: instance {sop_uid} of series "
+                                f"{request.series_uid} would replace instance {owner[0]} of "
+                                f"series {owner[1]} (study {owner[2]}); not written"
+                            ),
+                        )
+                    sha256 = self._place(body, final)
+                    stat = final.stat()
+                    journal.add_instance_unlocked(
+                        JournalEntry(
+                            key,
+                            sop_uid,
+                            request.study_uid,
+                            request.series_uid,
+                            stat.st_size,
+                            stat.st_mtime_ns,
+                            sha256,
+                        )
+                    )
+            else:
+                self._place(body, final)
+        except BaseException:
+            body.discard()
+            raise
+        request.done.add(sop_uid)
+        return Outcome("written", values, final, body.size, repaired=sop_uid in request.suspects)
+
+    def _checked_values(self, body: PartBody, request: SeriesRequest) -> dict[str, str]:
+        """The part's header values, after the checks of the rule (module docstring)."""
+        if body.content_type != "application/dicom":
+            raise InvalidDicomError(f"Content-Type {body.content_type!r}, not DICOM")
+        if body.data is not None:
+            values = read_header_values(body.data, self.keywords)
+        else:
+            values = _read_large_part_header(body.head, body.temp_path, self.keywords)
+        sop_uid = values["SOPInstanceUID"]
+        if not is_valid_uid(sop_uid):
+            raise InvalidDicomError(f"malformed SOPInstanceUID {sop_uid[:80]!r} in its header")
+        for keyword, wanted in (
+            ("StudyInstanceUID", request.study_uid),
+            ("SeriesInstanceUID", request.series_uid),
+            ("SOPInstanceUID", request.sop_uid),
+        ):
+            found = values.get(keyword, "")
+            if wanted is not None and found != wanted:
+                raise InvalidDicomError(
+                    f"its header names {keyword} {found[:80]!r}, not the requested "
+                    f"{wanted} (instance {sop_uid[:80]}); not written"
+                )
+        return values
+
+    def _place(self, body: PartBody, final: Path) -> str | None:
+        """Write (small parts), flush, rename into place; return the sha256 if asked."""
+        sha256 = body.sha256
+        if body.data is not None:
+            with open(body.temp_path, "xb", buffering=0) as out:
+                out.write(body.data)
+                if self.fsync:
+                    os.fsync(out.fileno())
+            if self.checksum:
+                sha256 = hashlib.sha256(body.data).hexdigest()
+            body.data = None
+        elif self.fsync:
+            _fsync_path(body.temp_path)
+        try:
+            os.replace(body.temp_path, final)
+        except FileNotFoundError:  # the first file of its directory: make it, once
+            if not body.temp_path.exists():
+                raise
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(body.temp_path, final)
+        if self.fsync:
+            _fsync_path(final.parent)
+        return sha256
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's) data and metadata to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_large_part_header(
+    head: bytes, temp_path: Path, keywords: Sequence[str]
+) -> dict[str, str]:
+    """Header of a part larger than the probe: from its head, else from the file."""
+    if head[128:132] != b"DICM":
+        raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
+    if PIXEL_DATA_TAG_LE in head:
+        with contextlib.suppress(InvalidDicomError):
+            return read_header_values(head, keywords)
+    return read_header_values(temp_path, keywords)

@@ -1,0 +1,132 @@
+"""Receiving parts and placing them: bytes as received, the checks of the rule, cleanup."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from kheops_async.demo import generate_dataset
+from kheops_async.engine.journal import Journal
+from kheops_async.engine.receiving import SMALL_PART_BYTES, PartBody, receive_body
+from kheops_async.engine.sink import PartSink, SeriesRequest
+from kheops_async.engine.state_dir import TempArea
+from kheops_async.layout import Layout
+from kheops_async.streaming import MultipartReader
+
+OTHER_STUDY = "1.2.826.0.1.3680043.10.7"
+
+
+def _multipart(*datas: bytes) -> bytes:
+    return (
+        b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + d + b"\r\n" for d in datas)
+        + b"--B--\r\n"
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first_chunk", [1, 7, 65536])
+async def test_large_and_small_parts_are_placed_byte_for_byte(
+    tmp_path: Path, first_chunk: int
+) -> None:
+    """Parts below and above SMALL_PART_BYTES, whatever the first chunk's size."""
+    small, large = generate_dataset(
+        patients=1,
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=2,
+        pixel_bytes=SMALL_PART_BYTES + 300_000,
+    )
+    small_data = small.data[: SMALL_PART_BYTES // 2]  # a valid header, truncated pixels
+    body = _multipart(small_data, large.data)
+    pieces = [body[:first_chunk]] + [
+        body[i : i + 65536] for i in range(first_chunk, len(body), 65536)
+    ]
+
+    async def receive() -> bytes:
+        return pieces.pop(0) if pieces else b""
+
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    bodies: list[PartBody] = []
+    async for part in MultipartReader(receive, "B"):
+        bodies.append(await receive_body(part, temp.new_path(), checksum=True))
+    assert [b.data is None for b in bodies] == [False, True]
+    journal = Journal.open(tmp_path / "journal.sqlite")
+    sink = PartSink(tmp_path, Layout(), journal, checksum=True)
+    request = SeriesRequest(small.study_uid, small.series_uid, {})
+    outcomes = sink.commit_batch(bodies, request)
+    assert [o.status for o in outcomes] == ["written", "written"]
+    assert [o.path.read_bytes() for o in outcomes if o.path] == [small_data, large.data]
+    assert request.done == {small.sop_uid, large.sop_uid}
+    entries = journal.series_entries(small.study_uid, small.series_uid)
+    assert {e.size for e in entries.values()} == {len(small_data), len(large.data)}
+    assert all(e.sha256 and len(e.sha256) == 64 for e in entries.values())
+    assert list(temp.directory.iterdir()) == []
+    journal.close()
+
+
+def _body(temp: TempArea, data: bytes, index: int = 0) -> PartBody:
+    return PartBody(index, "application/dicom", temp.new_path(), len(data), data, b"")
+
+
+def test_a_part_naming_another_series_is_never_written(tmp_path: Path) -> None:
+    one, other = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=2, instances_per_series=1
+    )
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    sink = PartSink(tmp_path, Layout(), None)
+    request = SeriesRequest(one.study_uid, one.series_uid, {})
+    (outcome,) = sink.commit_batch([_body(temp, other.data)], request)
+    assert outcome.status == "failed"
+    assert other.series_uid in outcome.error and one.series_uid in outcome.error
+    assert list(tmp_path.rglob("*.dcm")) == []
+    assert list(temp.directory.iterdir()) == []
+
+
+def test_a_collision_names_both_instances_and_overwrites_nothing(tmp_path: Path) -> None:
+    """Two studies with the same series and SOP UIDs under a layout without the study."""
+    (first,) = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1
+    )
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    journal = Journal.open(tmp_path / "journal.sqlite")
+    layout = Layout("{SeriesInstanceUID}/{SOPInstanceUID}.dcm")
+    sink = PartSink(tmp_path, layout, journal)
+    (written,) = sink.commit_batch(
+        [_body(temp, first.data)], SeriesRequest(first.study_uid, first.series_uid, {})
+    )
+    assert written.status == "written"
+
+    dataset = dcmread(io.BytesIO(first.data))
+    dataset.StudyInstanceUID = OTHER_STUDY
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    (clash,) = sink.commit_batch(
+        [_body(temp, buffer.getvalue())],
+        SeriesRequest(OTHER_STUDY, first.series_uid, {}),
+    )
+    assert clash.status == "failed"
+    assert "collision" in clash.error and first.study_uid in clash.error
+    assert written.path is not None and written.path.read_bytes() == first.data
+    assert list(temp.directory.iterdir()) == []
+    journal.close()
+
+
+def test_any_error_removes_the_temporary_files(tmp_path: Path) -> None:
+    (instance,) = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1
+    )
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    blocker = tmp_path / instance.study_uid
+    blocker.write_text("a file where a directory must go")
+    sink = PartSink(tmp_path, Layout(), None)
+    bodies = [_body(temp, instance.data, 0), _body(temp, instance.data, 1)]
+    with pytest.raises(NotADirectoryError):
+        sink.commit_batch(bodies, SeriesRequest(instance.study_uid, instance.series_uid, {}))
+    assert list(temp.directory.iterdir()) == []
