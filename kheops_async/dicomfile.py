@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydicom.charset import TEXT_VR_DELIMS, convert_encodings, decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicomError
@@ -153,7 +153,8 @@ def _encodings(element: Element | None) -> list[str]:
 
 
 _PN_DELIMITERS = {0x5C, 0x5E, 0x3D}
-_TEXT_DELIMITERS = {0x5C, *TEXT_VR_DELIMS}
+_TEXT_DELIMITERS = {0x5C, 0x0D, 0x0A, 0x09, 0x0C}
+"""Backslash (value separator) and pydicom's text-VR delimiters (CR, LF, TAB, FF)."""
 
 
 def _value_text(element: Element | None, encodings: list[str]) -> str:
