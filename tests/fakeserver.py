@@ -412,12 +412,14 @@ class Status(Fault):
     ``retry_after`` adds ``Retry-After`` (a number is written as ``%g``: fractions allowed,
     so retry tests stay fast; a string is sent verbatim, e.g. an HTTP date). A 401 also
     carries ``WWW-Authenticate``. The connection is kept alive. Imitates a busy gateway
-    (503, 429 storms with ``times=N``), a crashing server (500) or a vanished resource.
+    (503, 429 storms with ``times=N``), a crashing server (500), a vanished resource, or
+    a proxy's maintenance page (``200`` with ``content_type="text/html"`` and a body).
     """
 
     code: int
     retry_after: float | str | None = None
     body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -1701,11 +1703,15 @@ class FakeDicomWebServer:
     # ----------------------------------------------------------------- writing answers
 
     def _plain(
-        self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()
+        self,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        content_type: str = "text/plain; charset=utf-8",
     ) -> _Response:
         all_headers = list(headers)
         if body:
-            all_headers.append(("Content-Type", "text/plain; charset=utf-8"))
+            all_headers.append(("Content-Type", content_type))
         return _Response(status, all_headers, [body] if body else [])
 
     def _status_fault(self, fault: Status) -> _Response:
@@ -1715,7 +1721,7 @@ class FakeDicomWebServer:
             headers.append(("Retry-After", value if isinstance(value, str) else f"{value:g}"))
         if fault.code == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="kheops"'))
-        return self._plain(fault.code, fault.body, headers)
+        return self._plain(fault.code, fault.body, headers, fault.content_type)
 
     def _send_bad_request(self, conn: socket.socket, error: _BadRequest) -> None:
         response = self._plain(error.status, str(error).encode())

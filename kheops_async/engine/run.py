@@ -84,8 +84,9 @@ async def download(
             journal = Journal.open_readonly(state_dir(root) / JOURNAL_NAME)
         else:
             _prepare_destination(root)
-            lock = DestinationLock(state_dir(root) / "journal.lock")
-            lock.acquire()
+            taken = DestinationLock(state_dir(root) / "journal.lock")
+            taken.acquire()
+            lock = taken  # from here on, this run owns the destination's temporary area
             report.stale_partials_removed = temp.prepare()
             journal = await anyio.to_thread.run_sync(Journal.open, state_dir(root) / JOURNAL_NAME)
             report.journal_path = journal.path

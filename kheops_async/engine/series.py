@@ -1,9 +1,12 @@
 """The series strategy: bring one series to completion, fetching only what is missing.
 
 1. **Resume.** Instances the journal knows are trusted when their file has the
-   recorded size and modification time (a file with the right size but another
-   time is checked as DICOM, see below); a series the journal records as complete,
-   with the server's count unchanged and every file trusted, costs no request at all.
+   recorded size and modification time. A file with the right size but another time
+   (touched, or copied without its times) is compared with its recorded sha256 when
+   the journal has one (``checksum``), else checked as whole DICOM (see below): a
+   same-size change inside the pixel data is found only with ``checksum``. A series
+   the journal records as complete, with the server's count unchanged and every file
+   trusted, costs no request at all.
    Files on disk that the journal does not know (an older tree, a kheops-client tree,
    a crash between a rename and the journal's commit) are trusted only when
    :func:`~kheops_async.dicomfile.is_complete_part10` finds a whole Part-10 file of
@@ -24,9 +27,11 @@ Every failed attempt is counted by the run's breaker, every committed part reset
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -174,7 +179,7 @@ class SeriesJob:
         candidates = {
             r.sop_uid: self._path_from_listing(r)
             for r in listing
-            if r.sop_uid and r.sop_uid not in self.request.done
+            if r.sop_uid and r.sop_uid not in self.request.done | self.request.suspects
         }
         if candidates:
             checked = await anyio.to_thread.run_sync(self._check_untracked, candidates)
@@ -193,8 +198,12 @@ class SeriesJob:
                 continue  # gone: fetched again
             if stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns:
                 trusted[sop_uid] = entry
-            elif stat.st_size == entry.size and is_complete_part10(path, sop_uid):
-                trusted[sop_uid] = self._record_adopted(entry.path, sop_uid, path)
+            elif stat.st_size == entry.size and (
+                _sha256_of(path) == entry.sha256
+                if entry.sha256
+                else is_complete_part10(path, sop_uid)
+            ):
+                trusted[sop_uid] = self._record_adopted(entry.path, sop_uid, path, entry.sha256)
             else:
                 suspects.add(sop_uid)
         return _Checked(trusted, suspects)
@@ -214,7 +223,9 @@ class SeriesJob:
                 suspects.add(sop_uid)
         return _Checked(trusted, suspects)
 
-    def _record_adopted(self, relative: str, sop_uid: str, path: os.PathLike[str]) -> JournalEntry:
+    def _record_adopted(
+        self, relative: str, sop_uid: str, path: os.PathLike[str], sha256: str | None = None
+    ) -> JournalEntry:
         """A verified file enters the journal as it is (worker thread)."""
         stat = os.stat(path)
         entry = JournalEntry(
@@ -224,6 +235,7 @@ class SeriesJob:
             self.plan.series_uid,
             stat.st_size,
             stat.st_mtime_ns,
+            sha256,
         )
         if self.run.journal is not None and not self.run.journal.readonly:
             self.run.journal.add_instance(entry)
@@ -258,13 +270,18 @@ class SeriesJob:
         if self._listing is not None:
             return self._listing
         plan, layout = self.plan, self.run.layout
-        result = await self.run.limited(
-            lambda: self.run.client.search_instances(
-                study_uid=plan.study_uid,
-                series_uid=plan.series_uid,
-                includefield=[f for f in layout.fields if f not in plan.known_values],
+        try:
+            result = await self.run.limited(
+                lambda: self.run.client.search_instances(
+                    study_uid=plan.study_uid,
+                    series_uid=plan.series_uid,
+                    includefield=[f for f in layout.fields if f not in plan.known_values],
+                )
             )
-        )
+        except KheopsAsyncError as exc:
+            if is_retryable(exc):
+                self.run.breaker.failed(exc)
+            raise
         listing = []
         for record in result.records:
             sop_uid = record.sop_uid or ""
@@ -554,6 +571,15 @@ class SeriesJob:
                     entry.size if entry else None,
                 )
             )
+
+
+def _sha256_of(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _discard_queued(receive: MemoryObjectReceiveStream[list[PartBody]]) -> None:

@@ -6,14 +6,14 @@ runs off one journal, and the temporary files of running downloads::
     <dest>/.kheops-async/
         journal.sqlite            what is done (SQLite, WAL)
         journal.lock              held (flock) by the run writing the journal
-        tmp/<host>.<pid>/         temporary files of one running process
+        tmp/<host>.<pid>.<n>/     temporary files of one running download
 
-Each process writes its temporary files in a directory of its own, removed when the
-run ends, whatever ends it. At start, a run sweeps the directories of runs that are
-gone: a PID of this host that no longer runs, or a directory of another host that
-has not changed for :data:`FOREIGN_TEMP_MAX_AGE`. A live run's directory is never
-touched. Layout paths cannot reach this directory: sanitised path components never
-start with a dot.
+Each run writes its temporary files in a directory of its own (two runs in one
+process too), removed when the run ends, whatever ends it. At start, a run sweeps
+the directories of runs that are gone: a PID of this host that no longer runs, or a
+directory of another host that has not changed for :data:`FOREIGN_TEMP_MAX_AGE`.
+A live run's directory is never touched. Layout paths cannot reach this directory:
+sanitised path components never start with a dot.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ FOREIGN_TEMP_MAX_AGE = 24 * 3600.0
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "localhost"
 _TEMP_COUNTER = itertools.count(secrets.randbits(48))
+_RUN_COUNTER = itertools.count(1)
 
 
 def state_dir(root: Path) -> Path:
@@ -64,11 +65,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class TempArea:
-    """This process's temporary-file directory in one destination."""
+    """One run's temporary-file directory in one destination."""
 
     def __init__(self, root: Path) -> None:
         self.base = state_dir(root) / "tmp"
-        self.directory = self.base / f"{HOST}.{os.getpid()}"
+        self.directory = self.base / f"{HOST}.{os.getpid()}.{next(_RUN_COUNTER)}"
 
     def prepare(self) -> int:
         """Create this process's directory; sweep those of dead runs; return files removed."""
@@ -78,7 +79,8 @@ class TempArea:
         for entry in self.base.iterdir():
             if entry == self.directory:
                 continue
-            host, _, pid_text = entry.name.rpartition(".")
+            host, _, rest = entry.name.partition(".")
+            pid_text = rest.partition(".")[0]
             if host == HOST:
                 if _pid_alive(int(pid_text) if pid_text.isdigit() else -1):
                     continue
