@@ -75,8 +75,9 @@ class DownloadJob:
         try:
             report = await self._download(client, targets, settings, handler)
         except KheopsAsyncError as exc:
-            if isinstance(exc.partial_report, DownloadReport):
-                self._finish(exc.partial_report, plan, stopped=True)
+            partial = exc.partial_report
+            if isinstance(partial, DownloadReport) and partial.series_total:
+                self._finish(partial, plan, stopped=True)  # what was done, then the error
             raise
         return self._finish(report, plan)
 
@@ -120,6 +121,7 @@ class DownloadJob:
             handler=handler,
         )
         report: DownloadReport | None = None
+        stopped_by: KheopsAsyncError | None = None
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(display.run)
@@ -127,10 +129,14 @@ class DownloadJob:
                     report = await download(
                         client, targets, self.output.out_dir, settings, progress=progress
                     )
+                except KheopsAsyncError as exc:  # raised below, not wrapped in a group
+                    stopped_by = exc
                 finally:
                     group.cancel_scope.cancel()
         finally:
             display.finish()
+        if stopped_by is not None:
+            raise stopped_by
         if report is None:  # pragma: no cover - the task group re-raises the failure
             raise RuntimeError("the download ended without a report")
         return report

@@ -115,8 +115,8 @@ async def download(
         # A fatal error in one task arrives wrapped in an exception group; the caller
         # gets the error itself, with the report of what was done.
         error = _first_library_error(exc)
-        if isinstance(error, KheopsAsyncError):
-            error.partial_report = report
+        if isinstance(error, KheopsAsyncError) and recorder is not None:
+            error.partial_report = report  # the run had begun: there is something to report
         if error is exc:
             raise
         raise error from None
