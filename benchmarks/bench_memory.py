@@ -10,7 +10,7 @@ instances of about 1 KB (``--instance-bytes``, the whole Part-10 file).
 
 How: for each size, a server subprocess (this script with ``--serve``) builds an archive
 of ``--studies`` studies x ``--series`` series x (size / studies / series) instances in
-``tests/fakeserver.py``'s :class:`FakeArchive` and serves it over loopback HTTP with
+``tests/fakeserver``'s :class:`FakeArchive` and serves it over loopback HTTP with
 :class:`FakeDicomWebServer` (Kheops-like, chunked WADO-RS), so the server's memory is not
 counted. Each measured run is then a fresh subprocess (this script with ``--download``)
 doing what ``kheops-async download`` does: one ``DicomWebClient``, one
@@ -23,7 +23,7 @@ emptied before each run (a fresh download, not a resume). Every run is checked: 
 says every instance written and nothing failed, the tree holds one file per instance and
 the table one row per instance; anything else stops the benchmark.
 
-The library (and ``tests/fakeserver.py``) is copied aside and byte-compiled at the start,
+The library (and ``tests/fakeserver``) is copied aside and byte-compiled at the start,
 and every subprocess imports the copy, so edits made to the tree during a run do not mix
 versions and no measured run compiles modules. Outputs go to ``--tmp`` (``/dev/shm`` when
 it exists: no disk in the figures) and are removed at the end (``--keep-temp`` keeps them).
@@ -343,7 +343,13 @@ def snapshot_sources(workdir: Path) -> dict[str, str]:
         library / "kheops_async",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    shutil.copy2(REPO / "tests" / "fakeserver.py", library / "fakeserver.py")
+    fakeserver = REPO / "tests" / "fakeserver"  # a package, or a module in older trees
+    if fakeserver.is_dir():
+        shutil.copytree(
+            fakeserver, library / "fakeserver", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    else:
+        shutil.copy2(fakeserver.with_suffix(".py"), library / "fakeserver.py")
     if not compileall.compile_dir(library, quiet=1):
         raise SystemExit(f"cannot byte-compile the library copy in {library}")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

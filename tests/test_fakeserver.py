@@ -1,4 +1,4 @@
-"""Self-tests of tests/fakeserver.py: the fake Kheops must do what other tests rely on.
+"""Self-tests of the tests/fakeserver package: the fake Kheops must do what other tests rely on.
 
 Plain synchronous httpx and raw sockets only, and a tiny local multipart splitter (the
 project's own parser is what other tests check against this server, not the other way
