@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/bench_memory.py [--sizes 5000,50000] [--runs 1] [--concurrency 8]
-                                      [--studies 50] [--series 10] [--tmp /dev/shm]
+                                      [--studies 50] [--series 10] [--per-series K]
+                                      [--tmp /dev/shm] [--json PATH] [--keep-temp]
 
 Target: the peak resident set of a download grows by at most 15 MB from 5,000 to 50,000
 instances of about 1 KB (``--instance-bytes``, the whole Part-10 file).
 
 How: for each size, a server subprocess (this script with ``--serve``) builds an archive
-of ``--studies`` studies x ``--series`` series x (size / studies / series) instances in
+of ``--studies`` studies x ``--series`` series x (size / studies / series) instances
+(``--per-series K``: size / series / K studies of series of K instances instead) in
 ``tests/fakeserver``'s :class:`FakeArchive` and serves it over loopback HTTP with
 :class:`FakeDicomWebServer` (Kheops-like, chunked WADO-RS), so the server's memory is not
 counted. Each measured run is then a fresh subprocess (this script with ``--download``)
@@ -43,6 +45,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +54,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # tests/ is on sys.path at run time (mypy: MYPYPATH=tests)
+    from fakeserver import FakeArchive
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
@@ -66,7 +72,6 @@ UID_ROOT = "1.2.826.0.1.3680043.8.498.7707"
 series serves all its instances: only fixed-length bytes change."""
 INSTANCE_NUMBER_WIDTH = 6
 """InstanceNumber is written zero-padded to this width (IS allows it), for the same reason."""
-MB = 1024 * 1024
 
 
 # -- the archive (server side) ------------------------------------------------------------
@@ -87,7 +92,7 @@ def _instance_number_offset(template: bytes, placeholder: str) -> int:
 
 def build_archive(
     studies: int, series_per_study: int, per_series: int, instance_bytes: int
-) -> tuple[Any, int]:
+) -> tuple[FakeArchive, int]:
     """A ``FakeArchive`` of ``studies x series_per_study x per_series`` instances.
 
     Each series gets one template from ``fakeserver.make_instance`` (valid Part-10,
@@ -173,7 +178,7 @@ def build_archive(
     return archive, round(total_bytes / max(1, len(archive)))
 
 
-def _check_sample(archive: Any) -> None:
+def _check_sample(archive: FakeArchive) -> None:
     """Parse a few generated instances fully: UIDs and InstanceNumber as the server says."""
     from fakeserver import parse_part10
 
@@ -186,6 +191,17 @@ def _check_sample(archive: Any) -> None:
             raise RuntimeError(f"generated instance is inconsistent: {got} != {wanted}")
 
 
+def archive_shape(size: int, args: argparse.Namespace) -> tuple[int, int, int]:
+    """Studies, series per study and instances per series of the archive of ``size``.
+
+    ``--per-series K`` fixes the series' size and lets the number of studies grow with
+    ``size``; otherwise ``--studies`` is fixed and the series grow.
+    """
+    if args.per_series:
+        return size // (args.series * args.per_series), args.series, args.per_series
+    return args.studies, args.series, size // (args.studies * args.series)
+
+
 def serve(args: argparse.Namespace) -> int:
     """``--serve``: build the archive, print one JSON line (base URL...), serve until EOF.
 
@@ -195,8 +211,8 @@ def serve(args: argparse.Namespace) -> int:
     sys.path.append(str(REPO / "tests"))  # the snapshot on PYTHONPATH comes first
     from fakeserver import FakeDicomWebServer
 
-    size, studies, series = args.serve, args.studies, args.series
-    per_series = size // (studies * series)
+    size = args.serve
+    studies, series, per_series = archive_shape(size, args)
     started = time.perf_counter()
     archive, file_size = build_archive(studies, series, per_series, args.instance_bytes)
     _check_sample(archive)
@@ -255,7 +271,6 @@ def download_once(args: argparse.Namespace) -> int:
 
     result = anyio.run(run)
     result["rss_after_imports_kb"] = imported_kb
-    result["hwm_kb"] = _proc_status_kb("VmHWM")
     args.result.write_text(json.dumps(result))
     print(f"kheops-async (library): {result['summary']}", file=sys.stderr)
     return 0 if result["ok"] else 1
@@ -290,7 +305,8 @@ class ServerProcess:
         self.size = size
         self._log = log.open("ab")
         command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(size)]
-        command += ["--studies", str(args.studies), "--series", str(args.series)]
+        studies, series, _ = archive_shape(size, args)
+        command += ["--studies", str(studies), "--series", str(series)]
         command += ["--instance-bytes", str(args.instance_bytes)]
         self.process = subprocess.Popen(
             command,
@@ -359,7 +375,7 @@ def snapshot_sources(workdir: Path) -> dict[str, str]:
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, 9)
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _count_files(root: Path) -> int:
@@ -391,13 +407,21 @@ def measure(
     log_path = work / f"download-{size}-{run}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the timer (or Ctrl-C here) kills the whole group
+        )
         timer = threading.Timer(args.timeout, _kill, (process,))
         timer.start()
         try:
             code = process.wait()
+        except BaseException:
+            _kill(process)
+            process.wait()
+            raise
         finally:
             timer.cancel()
     stats = server.stats()
@@ -453,7 +477,7 @@ def render(
         mine = [run for run in runs if run.size == size]
         cpu = _median(mine, "cpu_s")
         rss[size] = _median(mine, "max_rss_mb")
-        shape = f"{args.studies}x{args.series}x{size // (args.studies * args.series)}"
+        shape = "x".join(str(n) for n in archive_shape(size, args))
         lines.append(
             f"| {size:,} | {shape} | {servers[size].file_size} B | {_median(mine, 'wall_s'):.1f} "
             f"| {cpu:.1f} | {cpu * 1000 / size:.2f} | {rss[size]:.1f} "
@@ -480,6 +504,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--studies", type=int, default=50, help="studies in every archive")
     parser.add_argument("--series", type=int, default=10, help="series per study")
     parser.add_argument(
+        "--per-series",
+        type=int,
+        metavar="K",
+        help="instances per series, fixed: the number of studies grows with the size instead",
+    )
+    parser.add_argument(
         "--instance-bytes", type=int, default=1024, help="approximate size of each file"
     )
     parser.add_argument(
@@ -503,12 +533,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.size_list = sorted({int(value) for value in args.sizes.split(",") if value})
         except ValueError:
             parser.error(f"--sizes: not a comma-separated list of counts: {args.sizes!r}")
-        per_shape = args.studies * args.series
-        if len(args.size_list) < 2 or any(n <= 0 or n % per_shape for n in args.size_list):
-            parser.error(
-                f"--sizes: at least two multiples of studies x series = {per_shape}, "
-                f"got {args.sizes!r}"
-            )
+        fixed = args.series * (args.per_series or args.studies)
+        if len(args.size_list) < 2 or any(n <= 0 or n % fixed for n in args.size_list):
+            what = "series x per-series" if args.per_series else "studies x series"
+            parser.error(f"--sizes: at least two multiples of {what} = {fixed}, got {args.sizes!r}")
         if args.runs < 1 or args.concurrency < 1:
             parser.error("--runs and --concurrency must be >= 1")
     return args
@@ -527,6 +555,7 @@ def harness(args: argparse.Namespace) -> int:
                 f"server for {size:,} instances ready in {servers[size].build_s:.1f}s "
                 f"({servers[size].file_size} B each)",
                 file=sys.stderr,
+                flush=True,
             )
         for run in range(1, args.runs + 1):
             for size in sizes:
@@ -536,6 +565,7 @@ def harness(args: argparse.Namespace) -> int:
                     f"run {run}, {size:,} instances: {result.wall_s:.1f}s wall, "
                     f"{result.cpu_s:.1f}s CPU, {result.max_rss_mb:.1f} MB peak RSS",
                     file=sys.stderr,
+                    flush=True,
                 )
     finally:
         for server in servers.values():

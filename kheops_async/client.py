@@ -489,6 +489,7 @@ class QueryPager:
     ) -> None:
         self._client = client
         self._limiter = limiter
+        self._iterator: AsyncGenerator[DicomRecord, None] | None = None
         self._fuzzy = fuzzy
         self._url = url
         self._params = params
@@ -499,9 +500,20 @@ class QueryPager:
         self.result = QueryResult()
 
     def __aiter__(self) -> AsyncIterator[DicomRecord]:
-        return self._records()
+        self._iterator = self._records()
+        return self._iterator
 
-    async def _records(self) -> AsyncIterator[DicomRecord]:
+    async def aclose(self) -> None:
+        """Stop paging now (a caller that leaves the loop early): closes the generators.
+
+        Use ``async with contextlib.aclosing(pager): async for record in pager: ...``
+        when the loop may be left early or cancelled (trio warns about a generator
+        collected before it was closed).
+        """
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def _records(self) -> AsyncGenerator[DicomRecord, None]:
         started = time.monotonic()
 
         async def fetch(limit: int | None, offset: int) -> Page:
@@ -512,18 +524,20 @@ class QueryPager:
 
         describe = f"query {self._client.safe(self._url)}"
         dropped = 0
-        async for record in paginate(
+        pages = paginate(
             fetch,
             limit=self._limit,
             offset=self._offset,
             page_size=self._page_size,
             result=self.result,
             describe=describe,
-        ):
-            if self._filters and not record_matches(record, self._filters, fuzzy=self._fuzzy):
-                dropped += 1
-                continue
-            yield record
+        )
+        async with contextlib.aclosing(pages):
+            async for record in pages:
+                if self._filters and not record_matches(record, self._filters, fuzzy=self._fuzzy):
+                    dropped += 1
+                    continue
+                yield record
         if dropped:
             self.result.dropped_by_filter_check = dropped
             log.warning(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Iterable,
@@ -222,7 +222,7 @@ async def paginate(
     page_size: int | None,
     result: QueryResult,
     describe: str,
-) -> AsyncIterator[DicomRecord]:
+) -> AsyncGenerator[DicomRecord, None]:
     """Yield every matching record, paging with limit/offset; fill ``result``'s flags.
 
     ``limit`` is the caller's "at most this many in total" (``None``: all);

@@ -11,12 +11,14 @@ complete).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.errors import KheopsAsyncError
 from kheops_async.report import SeriesFailure
@@ -105,18 +107,26 @@ async def _queue_query_studies(
         fuzzymatching=True if targets.fuzzy else None,
         limiter=run.limiter,
     )
-    async for record in pager:
-        uid = record.study_uid
-        if uid and not is_valid_uid(uid):
-            run.recorder.failure(
-                SeriesFailure(uid[:80], "", "the server listed a malformed StudyInstanceUID")
-            )
-        elif uid and uid not in explicit:
-            await send.send(_StudyJob(uid, None, record.number_of_study_related_series))
+    async with contextlib.aclosing(pager):
+        async for record in pager:
+            await _queue_study(run, record, explicit, send)
     if pager.result.truncated:
         run.recorder.failure(
             SeriesFailure("", "", f"the study list is incomplete: {pager.result.warning}")
         )
+
+
+async def _queue_study(
+    run: RunContext, record: DicomRecord, explicit: set[str], send: ObjectSendStream[_StudyJob]
+) -> None:
+    """Queue one listed study, unless it is malformed or already queued as explicit."""
+    uid = record.study_uid
+    if uid and not is_valid_uid(uid):
+        run.recorder.failure(
+            SeriesFailure(uid[:80], "", "the server listed a malformed StudyInstanceUID")
+        )
+    elif uid and uid not in explicit:
+        await send.send(_StudyJob(uid, None, record.number_of_study_related_series))
 
 
 async def _planner(
