@@ -204,29 +204,29 @@ class _Walker:
         self.implicit = implicit
         self.order = "<" if little else ">"
 
-    def _read(self, count: int) -> bytes:
+    def read(self, count: int) -> bytes:
         data = self.fp.read(count)
         if len(data) != count:
             raise _Incomplete
         return data
 
-    def _skip(self, length: int) -> None:
+    def skip(self, length: int) -> None:
         position = self.fp.tell() + length
         if position > self.size:
             raise _Incomplete
         self.fp.seek(position)
 
-    def _element_header(self) -> tuple[int, bytes | None, int]:
-        group, element = struct.unpack(self.order + "HH", self._read(4))
+    def element_header(self) -> tuple[int, bytes | None, int]:
+        group, element = struct.unpack(self.order + "HH", self.read(4))
         tag = (group << 16) | element
         if group == 0xFFFE or self.implicit:
-            (length,) = struct.unpack(self.order + "L", self._read(4))
+            (length,) = struct.unpack(self.order + "L", self.read(4))
             return tag, None, length
-        vr = self._read(2)
+        vr = self.read(2)
         if vr in _LONG_LENGTH_VRS:
-            (length,) = struct.unpack(self.order + "2xL", self._read(6))
+            (length,) = struct.unpack(self.order + "2xL", self.read(6))
         else:
-            (length,) = struct.unpack(self.order + "H", self._read(2))
+            (length,) = struct.unpack(self.order + "H", self.read(2))
         return tag, vr, length
 
     def walk(self, end_tag: int | None = None, depth: int = 0) -> None:
@@ -236,20 +236,20 @@ class _Walker:
         while True:
             if end_tag is None and self.fp.tell() == self.size:
                 return
-            tag, _vr, length = self._element_header()
+            tag, _vr, length = self.element_header()
             if tag == end_tag:
                 return
             if tag in (_ITEM_END, _SEQUENCE_END):
                 raise _Incomplete  # a delimiter where none belongs
             if length == _UNDEFINED:
-                self._walk_items(depth + 1)
+                self.walk_items(depth + 1)
             else:
-                self._skip(length)
+                self.skip(length)
 
-    def _walk_items(self, depth: int) -> None:
+    def walk_items(self, depth: int) -> None:
         """Items of an undefined-length sequence (or encapsulated pixel data)."""
         while True:
-            tag, _, length = self._element_header()
+            tag, _, length = self.element_header()
             if tag == _SEQUENCE_END:
                 return
             if tag != _ITEM:
@@ -257,7 +257,7 @@ class _Walker:
             if length == _UNDEFINED:
                 self.walk(end_tag=_ITEM_END, depth=depth)
             else:
-                self._skip(length)
+                self.skip(length)
 
 
 def is_complete_part10(path: Path, sop_uid: str) -> bool:
@@ -282,14 +282,14 @@ def is_complete_part10(path: Path, sop_uid: str) -> bool:
             syntax = ""
             while True:  # the file meta group, explicit VR little endian
                 start = fp.tell()
-                tag, _vr, length = meta._element_header()
+                tag, _vr, length = meta.element_header()
                 if tag >> 16 != 0x0002:
                     fp.seek(start)
                     break
                 if tag == int(_TRANSFER_SYNTAX_TAG):
-                    syntax = meta._read(length).decode("ascii", "replace").strip(" \x00")
+                    syntax = meta.read(length).decode("ascii", "replace").strip(" \x00")
                 else:
-                    meta._skip(length)
+                    meta.skip(length)
             uid = UID(syntax)
             if uid == DeflatedExplicitVRLittleEndian:
                 return True

@@ -148,9 +148,8 @@ class DownloadJob:
         quiet = self.output.quiet
         lines = [_failure_line(f) for f in report.failures]
         lines += [
-            f"failed: instance {r.sop_uid or ''} of series {r.series_uid}: {r.error}".replace(
-                "instance  of", "instance of"
-            )
+            f"failed: instance {r.sop_uid + ' ' if r.sop_uid else ''}of series "
+            f"{r.series_uid}: {r.error}"
             for r in report.failed_instances
         ]
         for line in lines[:MAX_FAILURES_SHOWN]:

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 from kheops_async.cli.selection import InstanceRow, SeriesRow
 from kheops_async.dicomjson import DicomRecord
-from kheops_async.engine.recorder import TABLE_COLUMNS
+from kheops_async.engine.recorder import TABLE_COLUMNS, create_new_file
 from kheops_async.report import InstanceRecord, InstanceStatus
 
 __all__ = [
@@ -363,15 +363,7 @@ def write_csv_file(table: Table, directory: Path, stamp: str) -> Path:
     Never overwrites: a second table in the same second gets ``-2``, ``-3``... Raises
     :class:`OSError` when the directory or the file cannot be written.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    text = render_csv(table)
-    for attempt in range(1, 1000):
-        suffix = "" if attempt == 1 else f"-{attempt}"
-        path = directory / f"{table.name}_{stamp}{suffix}.csv"
-        try:
-            with path.open("x", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"too many tables named {table.name}_{stamp}*.csv in {directory}")
+    path, handle = create_new_file(directory / f"{table.name}_{stamp}.csv")
+    with handle:
+        handle.write(render_csv(table))
+    return path

@@ -19,11 +19,12 @@ from kheops_async.engine.state_dir import TempArea
 from kheops_async.errors import (
     AuthenticationError,
     ConfigurationError,
+    KheopsAsyncError,
     ServerUnavailableError,
     StorageError,
 )
 from kheops_async.layout import Layout
-from kheops_async.retry import RetryPolicy
+from kheops_async.retry import RetryPolicy, is_retryable
 
 __all__ = ["RunContext", "is_fatal"]
 
@@ -51,9 +52,18 @@ class RunContext:
         return self.settings.layout
 
     async def limited(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation`` holding one request slot."""
-        async with self.limiter:
-            return await operation()
+        """Run one request holding a request slot; a retryable failure counts for the breaker.
+
+        Every request of a run goes through here, so the breaker sees every failed
+        attempt (listings and retrieves alike).
+        """
+        try:
+            async with self.limiter:
+                return await operation()
+        except KheopsAsyncError as exc:
+            if is_retryable(exc):
+                self.breaker.failed(exc)
+            raise
 
 
 def is_fatal(exc: BaseException) -> bool:

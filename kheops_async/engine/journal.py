@@ -24,14 +24,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from kheops_async.errors import StorageError
 
-__all__ = ["COMMIT_ROWS", "JOURNAL_NAME", "Journal", "JournalEntry", "SeriesRecord"]
+__all__ = ["COMMIT_ROWS", "JOURNAL_NAME", "Journal", "JournalEntry"]
 
 JOURNAL_NAME = "journal.sqlite"
 COMMIT_ROWS = 500
@@ -83,17 +83,6 @@ class JournalEntry:
     size: int
     mtime_ns: int
     sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class SeriesRecord:
-    """A series' state in the journal."""
-
-    study_uid: str
-    series_uid: str
-    expected: int | None
-    received: int
-    complete: bool
 
 
 class Journal:
@@ -182,10 +171,6 @@ class Journal:
             except sqlite3.Error as exc:
                 raise StorageError(f"the journal {self.path}: {exc}") from None
 
-    def commit(self) -> None:
-        """Commit the rows written so far."""
-        self._locked(self._commit)
-
     # -- instances -----------------------------------------------------------------
 
     def series_entries(self, study_uid: str, series_uid: str) -> dict[str, JournalEntry]:
@@ -201,21 +186,7 @@ class Journal:
 
         return self._locked(query)
 
-    def entry_at(self, path: str) -> JournalEntry | None:
-        """What the journal holds at a relative path, if anything."""
-
-        def query() -> JournalEntry | None:
-            row = self._db.execute(
-                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
-                "FROM instances WHERE path = ?",
-                (path,),
-            ).fetchone()
-            return JournalEntry(*row) if row else None
-
-        return self._locked(query)
-
-    def add_instance_unlocked(self, entry: JournalEntry) -> None:
-        """Record a committed instance; the caller holds :meth:`batch` (see there)."""
+    def _insert_instance(self, entry: JournalEntry) -> None:
         self._begin()
         self._db.execute(
             "INSERT OR REPLACE INTO instances "
@@ -236,45 +207,22 @@ class Journal:
         if self._pending >= COMMIT_ROWS:
             self._commit()
 
-    def owner_unlocked(self, path: str) -> tuple[str, str, str] | None:
-        """(SOP, series, study) UIDs recorded at ``path``; the caller holds :meth:`batch`."""
-        row = self._db.execute(
-            "SELECT sop_uid, series_uid, study_uid FROM instances WHERE path = ?", (path,)
-        ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
+    def owner(self, path: str) -> tuple[str, str, str] | None:
+        """(SOP, series, study) UIDs recorded at a relative path, if any."""
 
-    def batch(self) -> _Batch:
-        """Hold the journal for a batch of lookups and inserts (one worker-thread call)."""
-        return _Batch(self)
+        def query() -> tuple[str, str, str] | None:
+            row = self._db.execute(
+                "SELECT sop_uid, series_uid, study_uid FROM instances WHERE path = ?", (path,)
+            ).fetchone()
+            return (row[0], row[1], row[2]) if row else None
+
+        return self._locked(query)
 
     def add_instance(self, entry: JournalEntry) -> None:
         """Record one committed instance (thread-safe)."""
-        self._locked(lambda: self.add_instance_unlocked(entry))
-
-    def forget_instance(self, path: str) -> None:
-        """Drop the row at ``path`` (its file is gone or wrong)."""
-
-        def delete() -> None:
-            self._begin()
-            self._db.execute("DELETE FROM instances WHERE path = ?", (path,))
-            self._pending += 1
-
-        self._locked(delete)
+        self._locked(lambda: self._insert_instance(entry))
 
     # -- series --------------------------------------------------------------------
-
-    def series_record(self, study_uid: str, series_uid: str) -> SeriesRecord | None:
-        """A series' recorded state, or ``None``."""
-
-        def query() -> SeriesRecord | None:
-            row = self._db.execute(
-                "SELECT study_uid, series_uid, expected, received, complete FROM series "
-                "WHERE study_uid = ? AND series_uid = ?",
-                (study_uid, series_uid),
-            ).fetchone()
-            return SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
-
-        return self._locked(query)
 
     def claim_series(self, study_uid: str, series_uid: str) -> bool:
         """Mark a series as taken by this run; ``False`` if this run already took it."""
@@ -320,35 +268,3 @@ class Journal:
             self._commit()
 
         self._locked(finish)
-
-    def all_entries(self) -> Iterator[JournalEntry]:
-        """Every instance row (for verification tools); reads in pages."""
-
-        def page(after: str) -> list[tuple[str, str, str, str, int, int, str | None]]:
-            return self._db.execute(
-                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
-                "FROM instances WHERE path > ? ORDER BY path LIMIT 1000",
-                (after,),
-            ).fetchall()
-
-        last = ""
-        while rows := self._locked(lambda: page(last)):  # noqa: B023 - called at once
-            for row in rows:
-                yield JournalEntry(*row)
-            last = rows[-1][0]
-
-
-class _Batch:
-    """Context manager: the journal's lock held, SQLite errors as StorageError."""
-
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
-
-    def __enter__(self) -> Journal:
-        self.journal._lock.acquire()
-        return self.journal
-
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        self.journal._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise StorageError(f"the journal {self.journal.path}: {exc}") from None

@@ -9,6 +9,7 @@ in a worker thread; an existing file is kept unless ``force``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -74,7 +75,7 @@ async def save_series_metadata(run: RunContext, plan: SeriesPlan) -> int:
 
 
 def _with_size(record: InstanceRecord, size: int | None) -> InstanceRecord:
-    return InstanceRecord(**{**record.__dict__, "file_size": size})
+    return dataclasses.replace(record, file_size=size)
 
 
 def _values(record: DicomRecord) -> dict[str, str]:

@@ -22,7 +22,6 @@ from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.errors import KheopsAsyncError
 from kheops_async.report import SeriesFailure
-from kheops_async.retry import is_retryable
 from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
 from kheops_async.uids import is_valid_uid
 
@@ -161,8 +160,6 @@ async def _plan_study(
     except KheopsAsyncError as exc:
         if is_fatal(exc):
             raise
-        if is_retryable(exc):
-            run.breaker.failed(exc)
         run.recorder.failure(
             SeriesFailure(study_uid, "", f"listing the study's series failed: {exc}")
         )

@@ -27,7 +27,7 @@ from kheops_async.report import (
     SeriesFailure,
 )
 
-__all__ = ["TABLE_COLUMNS", "InstanceTable", "Recorder"]
+__all__ = ["TABLE_COLUMNS", "InstanceTable", "Recorder", "create_new_file"]
 
 log = logging.getLogger("kheops_async")
 
@@ -50,6 +50,22 @@ FLUSH_SECONDS = 1.0
 """The table is flushed at least this often (and at the end of each series)."""
 
 
+def create_new_file(path: Path) -> tuple[Path, IO[str]]:
+    """Create a text file that did not exist, and open it; never overwrite one.
+
+    A name already taken gets ``-2``, ``-3``... before its suffix (two tables in the
+    same second). Raises :class:`OSError` when no file can be created there.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        candidate = path if attempt == 1 else path.with_name(f"{path.stem}-{attempt}{path.suffix}")
+        try:
+            return candidate, candidate.open("x", encoding="utf-8", newline="")
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many files named {path.stem}*{path.suffix} in {path.parent}")
+
+
 class InstanceTable:
     """A CSV file the instance rows are streamed to, as they come."""
 
@@ -61,28 +77,13 @@ class InstanceTable:
         self._flushed = time.monotonic()
 
     def open(self) -> None:
-        """Create the file with its header line; never overwrite one.
-
-        A name already taken gets ``-2``, ``-3``... before ``.csv`` (two runs in the
-        same second). Raises :class:`OSError` when the file cannot be created.
-        """
+        """Create the file with its header line (see :func:`create_new_file`)."""
         self._open()
 
     def _open(self) -> csv.DictWriter[str]:
         if self._writer is not None:
             return self._writer
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        base = self.path
-        for attempt in range(1, 1000):
-            candidate = base if attempt == 1 else base.with_name(f"{base.stem}-{attempt}.csv")
-            try:
-                self._handle = candidate.open("x", encoding="utf-8", newline="")
-            except FileExistsError:
-                continue
-            self.path = candidate
-            break
-        else:
-            raise FileExistsError(f"too many tables named {base.stem}*.csv in {base.parent}")
+        self.path, self._handle = create_new_file(self.path)
         writer = csv.DictWriter(self._handle, TABLE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         self._writer = writer

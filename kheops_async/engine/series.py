@@ -156,22 +156,8 @@ class SeriesJob:
             if entries:
                 checked = await anyio.to_thread.run_sync(self._check_journal_entries, entries)
                 self._adopt(checked)
-                record = await anyio.to_thread.run_sync(
-                    journal.series_record, plan.study_uid, plan.series_uid
-                )
-                if (
-                    record is not None
-                    and record.complete
-                    and not checked.suspects
-                    and record.expected == self.received
-                    and self.expected in (None, self.received)
-                ):
-                    if self.expected is None:  # no count from the server: ask its list
-                        self.expected = len(await self._instance_list())
-                    if self.expected == self.received:
-                        return
         if self.expected is not None and self._shortfall() == 0:
-            return
+            return  # every instance the server counts is in place: no request at all
         if not self._series_may_have_files():
             return
         listing = await self._instance_list()
@@ -271,18 +257,13 @@ class SeriesJob:
         if self._listing is not None:
             return self._listing
         plan, layout = self.plan, self.run.layout
-        try:
-            result = await self.run.limited(
-                lambda: self.run.client.search_instances(
-                    study_uid=plan.study_uid,
-                    series_uid=plan.series_uid,
-                    includefield=[f for f in layout.fields if f not in plan.known_values],
-                )
+        result = await self.run.limited(
+            lambda: self.run.client.search_instances(
+                study_uid=plan.study_uid,
+                series_uid=plan.series_uid,
+                includefield=[f for f in layout.fields if f not in plan.known_values],
             )
-        except KheopsAsyncError as exc:
-            if is_retryable(exc):
-                self.run.breaker.failed(exc)
-            raise
+        )
         listing = []
         for record in result.records:
             sop_uid = record.sop_uid or ""
@@ -374,24 +355,20 @@ class SeriesJob:
             )
 
     async def _retrieve(self, sop_uid: str | None) -> None:
-        """One retrieve (the series, or one instance), every failure counted by the breaker."""
+        """One retrieve (the series, or one instance), holding a request slot."""
         plan, run = self.plan, self.run
         request = self.request if sop_uid is None else self.request.for_instance(sop_uid)
-        try:
-            async with (
-                run.limiter,
-                run.client.retrieve(
-                    plan.study_uid,
-                    plan.series_uid,
-                    sop_uid,
-                    transfer_syntax=run.settings.transfer_syntax,
-                ) as reader,
-            ):
+
+        async def stream() -> None:
+            async with run.client.retrieve(
+                plan.study_uid,
+                plan.series_uid,
+                sop_uid,
+                transfer_syntax=run.settings.transfer_syntax,
+            ) as reader:
                 await self._store(reader, request)
-        except KheopsAsyncError as exc:
-            if is_retryable(exc):
-                run.breaker.failed(exc)
-            raise
+
+        await run.limited(stream)
 
     async def _store(self, reader: MultipartReader, request: SeriesRequest) -> None:
         """Receive parts and place them in a two-stage pipeline.
@@ -415,8 +392,6 @@ class SeriesJob:
             except Exception as exc:  # stop receiving: this failure ends the attempt
                 errors.append(exc)
                 group.cancel_scope.cancel()
-            finally:
-                _discard_queued(receive)
 
         try:
             async with anyio.create_task_group() as group:
@@ -466,17 +441,13 @@ class SeriesJob:
         The thread call is shielded: once a batch is handed over, its files and their
         records land together, even when the run is being cancelled.
         """
-        try:
+        try:  # the sink removes the temporary files of whatever it does not place
             with anyio.CancelScope(shield=True):
                 outcomes = await anyio.to_thread.run_sync(
                     self.run.sink.commit_batch, batch, request
                 )
         except OSError as exc:
             raise StorageError(f"writing to {self.run.root} failed: {exc.strerror or exc}") from exc
-        finally:
-            for body in batch:
-                if body.data is not None:
-                    body.discard()
         for outcome in outcomes:
             self._record_outcome(outcome)
         await anyio.lowlevel.checkpoint()
@@ -546,32 +517,21 @@ class SeriesJob:
     # -- dry run -------------------------------------------------------------------
 
     async def _plan_only(self) -> None:
-        """Dry run: what would be downloaded and what is already there; no bulk data."""
+        """Dry run: what is already there (skipped) and what would be downloaded.
+
+        The same resume checks as a real run (the journal is open read-only), then one
+        planned row per listed instance still missing; no bulk data is retrieved.
+        """
         listing = await self._instance_list()
-        candidates = {r.sop_uid or "": self._path_from_listing(r) for r in listing}
-        trusted: dict[str, JournalEntry] = {}
         if not self.run.settings.force:
-            journal = self.run.journal
-            entries = (
-                await anyio.to_thread.run_sync(
-                    journal.series_entries, self.plan.study_uid, self.plan.series_uid
+            await self._resume()
+        for record in listing:
+            sop_uid = record.sop_uid or ""
+            if sop_uid not in self.request.done:
+                path = self.run.root / self._path_from_listing(record)
+                self.run.recorder.instance(
+                    self._record(sop_uid, str(path), InstanceStatus.PLANNED, None)
                 )
-                if journal is not None
-                else {}
-            )
-            trusted = (await anyio.to_thread.run_sync(self._check_journal_entries, entries)).trusted
-            untracked = {s: p for s, p in candidates.items() if s not in trusted}
-            trusted |= (await anyio.to_thread.run_sync(self._check_untracked, untracked)).trusted
-        for sop_uid, relative in candidates.items():
-            entry = trusted.get(sop_uid)
-            self.run.recorder.instance(
-                self._record(
-                    sop_uid,
-                    str(self.run.root / (entry.path if entry else relative)),
-                    InstanceStatus.SKIPPED if entry else InstanceStatus.PLANNED,
-                    entry.size if entry else None,
-                )
-            )
 
 
 def _sha256_of(path: Path) -> str:

@@ -82,6 +82,4 @@ class DownloadSettings:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigurationError(f"unknown download option(s): {', '.join(unknown)}")
-        if isinstance(options.get("layout"), str):
-            options["layout"] = Layout(options["layout"])
-        return replace(self, **options)
+        return replace(self, **options)  # __post_init__ turns a layout string into a Layout

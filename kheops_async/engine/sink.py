@@ -10,8 +10,9 @@ For each part of a batch, :meth:`PartSink.commit_batch` checks, then places it:
    it where its header says would overwrite another series' files, and counting it
    for the requested series would call an incomplete series complete;
 3. its path comes from the layout (values from its own header, sanitised), and the
-   journal is asked who is recorded at that path: a different instance there is a
-   collision, reported with both UIDs, and nothing is overwritten;
+   journal (and the parts other threads are placing) is asked who holds that path: a
+   different instance there is a collision, reported with both UIDs, and nothing is
+   overwritten;
 4. its bytes go to a temporary file (small parts are written here in one write; large
    ones already streamed), optionally flushed (``fsync``), then renamed into place
    (atomic), the directory flushed too with ``fsync``;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,23 @@ class PartSink:
         self.fsync = fsync
         self.checksum = checksum
         self.keywords = tuple(dict.fromkeys([*REPORT_KEYWORDS, *layout.fields]))
+        self._claims: dict[str, tuple[str, str, str]] = {}
+        self._claims_lock = threading.Lock()
+
+    def _claim(self, key: str, identity: tuple[str, str, str]) -> tuple[str, str, str] | None:
+        """Reserve a path for one instance; return the other instance that holds it, if any.
+
+        A path is held by what the journal records there, or by a part another thread
+        is placing right now. Only the check holds the lock, never the file writes.
+        """
+        with self._claims_lock:
+            owner = self._claims.get(key)
+            if owner is None and self.journal is not None:
+                owner = self.journal.owner(key)
+            if owner is not None and owner != identity:
+                return owner
+            self._claims[key] = identity
+            return None
 
     def commit_batch(self, bodies: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place every part of a batch (blocking). Raises OSError on disk errors.
@@ -138,31 +157,28 @@ class PartSink:
         if sop_uid in request.done:
             body.discard()
             return Outcome("duplicate", values, size=body.size)
+        identity = (sop_uid, request.series_uid, request.study_uid)
         try:
             relative = self.layout.render({**request.known_values, **values})
             key = relative.as_posix()
+            owner = self._claim(key, identity)
+            if owner is not None:
+                body.discard()
+                return Outcome(
+                    "failed",
+                    values,
+                    error=(
+                        f"path collision at {key}: instance {sop_uid} of series "
+                        f"{request.series_uid} would replace instance {owner[0]} of "
+                        f"series {owner[1]} (study {owner[2]}); not written"
+                    ),
+                )
             final = self.root / relative
-            if self.journal is not None:
-                with self.journal.batch() as journal:
-                    owner = journal.owner_unlocked(key)
-                    if owner is not None and owner != (
-                        sop_uid,
-                        request.series_uid,
-                        request.study_uid,
-                    ):
-                        body.discard()
-                        return Outcome(
-                            "failed",
-                            values,
-                            error=(
-                                f"path collision at {key}: instance {sop_uid} of series "
-                                f"{request.series_uid} would replace instance {owner[0]} of "
-                                f"series {owner[1]} (study {owner[2]}); not written"
-                            ),
-                        )
-                    sha256 = self._place(body, final)
+            try:
+                sha256 = self._place(body, final)
+                if self.journal is not None:
                     stat = final.stat()
-                    journal.add_instance_unlocked(
+                    self.journal.add_instance(
                         JournalEntry(
                             key,
                             sop_uid,
@@ -173,8 +189,9 @@ class PartSink:
                             sha256,
                         )
                     )
-            else:
-                self._place(body, final)
+            finally:
+                with self._claims_lock:
+                    del self._claims[key]
         except BaseException:
             body.discard()
             raise
