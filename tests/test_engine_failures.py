@@ -259,3 +259,17 @@ async def test_the_process_warning_filters_are_left_alone(
     report = await mirror(server, tmp_path, concurrency=4)
     assert report.ok
     assert warnings.filters == before
+
+
+async def test_nothing_the_engine_runs_changes_the_warning_filters(
+    server: FakeDicomWebServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``warnings.catch_warnings`` is not thread-safe: no download code may touch the filters."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the warning filters were changed during a download")
+
+    for name in ("catch_warnings", "simplefilter", "filterwarnings", "resetwarnings"):
+        monkeypatch.setattr(warnings, name, refuse)
+    report = await mirror(server, tmp_path, concurrency=4)
+    assert report.ok, report.failed_instances

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,8 @@ class RunContext:
     temp: TempArea
     sink: PartSink
     journal: Journal | None
+    sink_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
+    """The one worker thread the sink runs in at a time (see :mod:`~kheops_async.engine.sink`)."""
 
     @property
     def layout(self) -> Layout:

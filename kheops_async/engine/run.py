@@ -126,7 +126,12 @@ async def download(
     finally:
         report.seconds = time.monotonic() - started
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_close, recorder, journal, temp, lock, outcome)
+            try:
+                await anyio.to_thread.run_sync(_close, recorder, journal, temp, lock, outcome)
+            except (OSError, StorageError) as exc:
+                if outcome in ("complete", "incomplete"):
+                    raise  # the run went well until its end: this is its error
+                log.error("closing the run after its error also failed: %s", exc)
     return report
 
 

@@ -444,7 +444,7 @@ class SeriesJob:
         try:  # the sink removes the temporary files of whatever it does not place
             with anyio.CancelScope(shield=True):
                 outcomes = await anyio.to_thread.run_sync(
-                    self.run.sink.commit_batch, batch, request
+                    self.run.sink.commit_batch, batch, request, limiter=self.run.sink_slot
                 )
         except OSError as exc:
             raise StorageError(f"writing to {self.run.root} failed: {exc.strerror or exc}") from exc

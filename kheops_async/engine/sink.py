@@ -10,16 +10,20 @@ For each part of a batch, :meth:`PartSink.commit_batch` checks, then places it:
    it where its header says would overwrite another series' files, and counting it
    for the requested series would call an incomplete series complete;
 3. its path comes from the layout (values from its own header, sanitised), and the
-   journal (and the parts other threads are placing) is asked who holds that path: a
-   different instance there is a collision, reported with both UIDs, and nothing is
-   overwritten;
+   journal is asked who is recorded at that path: a different instance there is a
+   collision, reported with both UIDs, and nothing is overwritten;
 4. its bytes go to a temporary file (small parts are written here in one write; large
    ones already streamed), optionally flushed (``fsync``), then renamed into place
    (atomic), the directory flushed too with ``fsync``;
 5. the journal records it (path, UIDs, size, modification time, sha256).
 
 Whatever goes wrong, the part's temporary file is removed before the exception
-leaves. Everything here blocks; the engine calls it through ``anyio.to_thread``.
+leaves. Everything here blocks; the engine calls it through ``anyio.to_thread``, one
+call at a time for the whole run (so the collision check and the journal row of a
+path cannot interleave with another call's). One at a time is also the faster choice
+here, measured: with concurrent calls the threads fight over the GIL and a 50,000
+instance download cost 0.49 ms of CPU per instance, against 0.27 ms serialised
+(``benchmarks/bench_memory.py --sizes 500,50000``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,23 +114,6 @@ class PartSink:
         self.fsync = fsync
         self.checksum = checksum
         self.keywords = tuple(dict.fromkeys([*REPORT_KEYWORDS, *layout.fields]))
-        self._claims: dict[str, tuple[str, str, str]] = {}
-        self._claims_lock = threading.Lock()
-
-    def _claim(self, key: str, identity: tuple[str, str, str]) -> tuple[str, str, str] | None:
-        """Reserve a path for one instance; return the other instance that holds it, if any.
-
-        A path is held by what the journal records there, or by a part another thread
-        is placing right now. Only the check holds the lock, never the file writes.
-        """
-        with self._claims_lock:
-            owner = self._claims.get(key)
-            if owner is None and self.journal is not None:
-                owner = self.journal.owner(key)
-            if owner is not None and owner != identity:
-                return owner
-            self._claims[key] = identity
-            return None
 
     def commit_batch(self, bodies: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place every part of a batch (blocking). Raises OSError on disk errors.
@@ -161,8 +147,8 @@ class PartSink:
         try:
             relative = self.layout.render({**request.known_values, **values})
             key = relative.as_posix()
-            owner = self._claim(key, identity)
-            if owner is not None:
+            owner = self.journal.owner(key) if self.journal is not None else None
+            if owner is not None and owner != identity:
                 body.discard()
                 return Outcome(
                     "failed",
@@ -174,24 +160,20 @@ class PartSink:
                     ),
                 )
             final = self.root / relative
-            try:
-                sha256 = self._place(body, final)
-                if self.journal is not None:
-                    stat = final.stat()
-                    self.journal.add_instance(
-                        JournalEntry(
-                            key,
-                            sop_uid,
-                            request.study_uid,
-                            request.series_uid,
-                            stat.st_size,
-                            stat.st_mtime_ns,
-                            sha256,
-                        )
+            sha256 = self._place(body, final)
+            if self.journal is not None:
+                stat = final.stat()
+                self.journal.add_instance(
+                    JournalEntry(
+                        key,
+                        sop_uid,
+                        request.study_uid,
+                        request.series_uid,
+                        stat.st_size,
+                        stat.st_mtime_ns,
+                        sha256,
                     )
-            finally:
-                with self._claims_lock:
-                    del self._claims[key]
+                )
         except BaseException:
             body.discard()
             raise
