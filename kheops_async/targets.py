@@ -73,7 +73,10 @@ class Targets:
 
     ``query`` is a mapping of study-level QIDO filters; ``series_filters`` apply to
     each study's series query (for example ``{"Modality": "CT"}``). ``limit`` and
-    ``offset`` page the study query; ``fuzzy`` asks it for fuzzy matching of names.
+    ``offset`` page the study query; ``fuzzy`` asks it (and the ``study_filters``
+    check) for fuzzy matching of names. ``study_filters`` keep, among the explicit
+    studies (and those of the pairs), only those that match them: each is checked
+    with a study query before its series are listed.
     ``only_series`` keeps, among the series of the
     studies and the query, just those UIDs (when the study of each is not known).
     """
@@ -86,6 +89,7 @@ class Targets:
     offset: int = 0
     only_series: frozenset[str] = frozenset()
     fuzzy: bool = False
+    study_filters: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.only_series = frozenset(validate_uid(s, "SeriesInstanceUID") for s in self.only_series)

@@ -1,9 +1,9 @@
 """``kheops-async download studies|series``: plan, download with progress, report.
 
 The selection becomes :class:`~kheops_async.Targets`: explicit UIDs are passed on as
-they are (so that the engine reports a study that does not exist), a study query
-(filters, ``--fuzzy``, ``--limit``/``--offset``) is paged by the engine as it
-downloads; only explicit UIDs with study-level filters are checked here first. The
+they are (so that the engine reports a study that does not exist; study-level filters
+are checked by the engine, study by study), a study query (filters, ``--fuzzy``,
+``--limit``/``--offset``) is paged by the engine as it downloads. The
 engine streams the table ``downloaded_<kind>_instances_<timestamp>.csv`` row by row; a
 background task shows its progress. At the end, even when an error stops the run: a
 summary line, the failures (at most :data:`MAX_FAILURES_SHOWN`), where the table and
@@ -24,7 +24,7 @@ import click
 from kheops_async.cli.exit_codes import ExitCode
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.progress import DEFAULT_LOG_INTERVAL, ProgressDisplay
-from kheops_async.cli.selection import Finder, Selection
+from kheops_async.cli.selection import Selection
 from kheops_async.cli.settings import OutputSettings
 from kheops_async.cli.tables import PlanTable, render, timestamp
 from kheops_async.client import DicomWebClient
@@ -51,8 +51,6 @@ class DownloadJob:
     output: OutputSettings
     settings: DownloadSettings = field(default_factory=DownloadSettings)
     progress_interval: float = DEFAULT_LOG_INTERVAL
-    incomplete_listings: list[str] = field(default_factory=list, compare=False)
-    """Study queries the server cut short: the run is incomplete even if all went well."""
 
     @property
     def table_kind(self) -> str:
@@ -63,7 +61,7 @@ class DownloadJob:
         """Download (or plan) everything selected; return the exit status."""
         if not self.output.dry_run:
             self.output.prepare_out_dir()
-        targets = await self._targets(client)
+        targets = self._targets()
         plan = PlanTable()
         settings = self.settings.with_options(
             dry_run=self.output.dry_run,
@@ -81,27 +79,15 @@ class DownloadJob:
             raise
         return self._finish(report, plan)
 
-    async def _targets(self, client: DicomWebClient) -> Targets:
+    def _targets(self) -> Targets:
+        """What the engine downloads: a study query it pages itself, or explicit UIDs."""
         series_level = self.kind == "series"
         selection = self.selection
-        if not selection.needs_study_query:
-            if selection.limit is not None or selection.offset:
-                log.warning("--limit/--offset page the study query: no effect on explicit UIDs")
-            return selection.to_targets(None, series_level=series_level)
-        if not selection.studies:  # the engine pages the study query as it downloads
+        if selection.needs_study_query:
             return selection.to_query_targets(series_level=series_level)
-        finder = Finder(client, selection, level="studies", concurrency=client.concurrency)
-        studies = await finder.studies()
-        for what in finder.not_found:
-            click.echo(f"warning: {what} not found (or it does not match the filters)", err=True)
-        for warning in finder.incomplete:
-            click.echo(f"warning: the study list is incomplete: {warning}", err=True)
-        self.incomplete_listings.extend(finder.incomplete)
-        uids = list(dict.fromkeys(r.study_uid for r in studies if r.study_uid))
-        if not uids:
-            click.echo("warning: no study matches the selection: nothing to download", err=True)
-        log.info("%d studies selected", len(uids))
-        return selection.to_targets(uids, series_level=series_level)
+        if selection.limit is not None or selection.offset:
+            log.warning("--limit/--offset page the study query: no effect on explicit UIDs")
+        return selection.to_targets(None, series_level=series_level)
 
     async def _download(
         self,
@@ -175,9 +161,9 @@ class DownloadJob:
                     click.echo(f"journal: {report.journal_path}", err=True)
         if stopped:
             return ExitCode.INCOMPLETE  # the caller re-raises the error that stopped the run
-        if report.ok and not self.incomplete_listings:
+        if report.ok:
             return ExitCode.OK
-        count = report.series_failed + report.failed + len(self.incomplete_listings)
+        count = report.series_failed + report.failed
         click.echo(f"error: the download is incomplete ({count} failures, listed above)", err=True)
         return ExitCode.INCOMPLETE
 

@@ -196,9 +196,9 @@ class Selection:
     def to_targets(self, study_uids: Sequence[str] | None, *, series_level: bool) -> Targets:
         """The download targets: explicit UIDs, or the studies the CLI's query found.
 
-        ``study_uids`` are the studies found by :meth:`Finder.studies` (``None`` when the
-        selection's explicit studies are used as they are, so that the engine reports a
-        study that does not exist as a failure).
+        ``study_uids`` are studies found by a query (``None``: the selection's explicit
+        studies, passed on as they are so that the engine reports a study that does not
+        exist as a failure, and checks each against the study-level filters).
         """
         series_filters = dict(self.series_filters) if series_level else {}
         if study_uids is not None:
@@ -209,14 +209,23 @@ class Selection:
             )
         whole = [uid for uid, wanted in self.studies.items() if wanted is None]
         pairs = [(uid, s) for uid, wanted in self.studies.items() if wanted for s in sorted(wanted)]
+        study_filters = dict(self.study_filters)  # checked by the engine, study by study
         if self.in_file is None and len(self.studies) > 1 and pairs:
             # --study-uid A --study-uid B --series-uid R: R may be in either study.
             return Targets(
                 studies=list(self.studies),
                 series_filters=series_filters,
                 only_series=frozenset(s for _, s in pairs),
+                study_filters=study_filters,
+                fuzzy=self.fuzzy,
             )
-        return Targets(studies=whole, series=pairs, series_filters=series_filters)
+        return Targets(
+            studies=whole,
+            series=pairs,
+            series_filters=series_filters,
+            study_filters=study_filters,
+            fuzzy=self.fuzzy,
+        )
 
     def to_query_targets(self, *, series_level: bool) -> Targets:
         """The targets of a study query the engine runs itself (no explicit studies)."""
@@ -231,12 +240,8 @@ class Selection:
 
     @property
     def needs_study_query(self) -> bool:
-        """Whether a download must query studies first (instead of passing UIDs on).
-
-        Explicit UIDs without study-level filters go to the engine as they are, so that a
-        study that does not exist is reported as a failure.
-        """
-        return not self.studies or bool(self.study_filters)
+        """Whether the selection is a study query (no explicit studies) rather than UIDs."""
+        return not self.studies
 
 
 def paging_level(level: Level, selection: Selection) -> Level:

@@ -1,17 +1,18 @@
 """Planning: targets into series plans, streamed to the workers as they are found.
 
-Explicit studies and the studies of the targets' query (paged as it goes, never
-collected) are expanded into their series by a few planner tasks fed through a small
-buffer, so downloads start with the first series and memory does not grow with the
-number of studies. Every listing request holds one of the run's request slots.
-Listings the server cut short, UIDs it listed malformed, and studies or series that
-do not exist become failures of the run (a run that silently did less is not
-complete).
+Explicit studies (checked against the targets' study filters, if any) and the
+studies of the targets' query (paged as it goes, never collected) are expanded into
+their series by a few planner tasks fed through a small buffer, so downloads start
+with the first series and memory does not grow with the number of studies. Every
+listing request holds one of the run's request slots. Listings the server cut short,
+UIDs it listed malformed, and studies or series that do not exist become failures of
+the run (a run that silently did less is not complete).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import anyio
@@ -27,6 +28,8 @@ from kheops_async.uids import is_valid_uid
 
 __all__ = ["MAX_PLANNERS", "PLANNER_BUFFER", "plan_series"]
 
+log = logging.getLogger("kheops_async")
+
 MAX_PLANNERS = 4
 """Tasks expanding studies into series at once (each holds a request slot while it asks)."""
 PLANNER_BUFFER = 16
@@ -40,6 +43,8 @@ class _StudyJob:
     study_uid: str
     wanted: frozenset[str] | None
     expected_series: int | None = None
+    explicit: bool = False
+    """Named by the targets (not found by their query): checked against study_filters."""
 
 
 class _SeenSeries:
@@ -86,7 +91,7 @@ async def plan_series(
             study_receive.close()
             async with study_send:
                 for study_uid, wanted in by_study.items():
-                    await study_send.send(_StudyJob(study_uid, wanted))
+                    await study_send.send(_StudyJob(study_uid, wanted, explicit=True))
                 if targets.query is not None:
                     await _queue_query_studies(run, targets, set(by_study), study_send)
     for series_uid in sorted(targets.only_series - found_series):
@@ -128,6 +133,23 @@ async def _queue_study(
         await send.send(_StudyJob(uid, None, record.number_of_study_related_series))
 
 
+async def _matches_filters(run: RunContext, targets: Targets, job: _StudyJob) -> bool:
+    """Whether an explicit study matches the targets' study filters (one study query)."""
+    try:
+        found = await run.limited(
+            lambda: run.client.search_studies(
+                {**targets.study_filters, "StudyInstanceUID": job.study_uid},
+                fuzzymatching=True if targets.fuzzy else None,
+            )
+        )
+    except KheopsAsyncError as exc:
+        if is_fatal(exc):
+            raise
+        run.recorder.failure(SeriesFailure(job.study_uid, "", f"checking the study failed: {exc}"))
+        return False
+    return any(record.study_uid == job.study_uid for record in found.records)
+
+
 async def _planner(
     run: RunContext,
     targets: Targets,
@@ -151,6 +173,9 @@ async def _plan_study(
 ) -> None:
     """Queue the series of one study (all, or the ``wanted`` ones)."""
     study_uid, wanted = job.study_uid, job.wanted
+    if job.explicit and targets.study_filters and not await _matches_filters(run, targets, job):
+        log.warning("study %s does not match the filters (or is not on the server)", study_uid)
+        return
     try:
         records = await run.limited(
             lambda: run.client.search_series(
