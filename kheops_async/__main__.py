@@ -1,6 +1,6 @@
 """``python -m kheops_async``: the ``kheops-async`` command line."""
 
-from kheops_async.cli import main
+from kheops_async.cli import console_main
 
 if __name__ == "__main__":
-    main(prog_name="kheops-async")
+    console_main()

@@ -56,6 +56,7 @@ from kheops_async.qido import (
 )
 from kheops_async.retry import RetryPolicy, retry_call
 from kheops_async.streaming import MultipartReader
+from kheops_async.transport import KheopsTransport
 from kheops_async.uids import validate_uid
 
 __all__ = ["DEFAULT_TIMEOUT", "DicomWebClient", "Filters", "QueryPager"]
@@ -80,7 +81,11 @@ class DicomWebClient:
     With none, no ``Authorization`` header is sent.
 
     ``concurrency`` sizes the connection pool; ``http_client`` lends an
-    ``httpx.AsyncClient`` that this client will use but not close.
+    ``httpx.AsyncClient`` that this client will use but not close. Without one, the
+    client makes its own over :class:`~kheops_async.transport.KheopsTransport` (large
+    socket reads, TLS context only for ``https://``): ``verify`` is ``True``, ``False``,
+    a CA bundle path or an ``ssl.SSLContext``; ``proxy`` is a proxy URL for every
+    request, else ``trust_env`` reads ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``.
     """
 
     def __init__(
@@ -95,6 +100,8 @@ class DicomWebClient:
         concurrency: int = 8,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         verify: bool | str | ssl.SSLContext = True,
+        proxy: str | None = None,
+        trust_env: bool = True,
         retry: RetryPolicy | None = None,
         page_size: int | None = DEFAULT_PAGE_SIZE,
         album: str | None = None,
@@ -125,17 +132,22 @@ class DicomWebClient:
         self._user_agent = user_agent or f"kheops-async/{__version__} httpx/{httpx.__version__}"
         headers = {"User-Agent": self._user_agent}
         if http_client is None:
-            http_client = httpx.AsyncClient(
-                timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            transport = KheopsTransport(
+                verify=verify,
+                proxy=proxy,
+                trust_env=trust_env,
                 limits=httpx.Limits(
                     max_connections=concurrency + 4,
                     max_keepalive_connections=concurrency + 4,
                     keepalive_expiry=0.5,  # Orthanc drops idle connections after ~1 s
                 ),
-                verify=verify,
+            )
+            http_client = httpx.AsyncClient(
+                timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+                transport=transport,
                 headers=headers,
                 follow_redirects=False,
-                trust_env=True,
+                trust_env=False,  # the transport reads the proxy variables itself
             )
         self._http = http_client
         self._auth = self.credentials.to_httpx_auth()
@@ -180,6 +192,12 @@ class DicomWebClient:
             return AuthenticationError(
                 f"{base}: the server wants a valid token; check --token / KHEOPS_TOKEN "
                 "(an expired or mistyped token gives 401)",
+                **kwargs,
+            )
+        if status == 407:
+            return AuthenticationError(
+                f"{base}: the proxy wants valid credentials; check the user and password "
+                "in --proxy or HTTP(S)_PROXY (http://user:password@host:port)",
                 **kwargs,
             )
         if status == 403:

@@ -21,6 +21,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from kheops_async.defaults import DEFAULT_PAGE_SIZE
 from kheops_async.dicomjson import DicomRecord, tag_hex
 from kheops_async.errors import ConfigurationError, OffsetIgnoredError
 
@@ -37,9 +38,6 @@ __all__ = [
 
 log = logging.getLogger("kheops_async")
 
-DEFAULT_PAGE_SIZE = 200
-"""Records asked per QIDO request when paging: Azure refuses a limit above 200 (400),
-GCP allows 5000, Kheops and Orthanc have no cap; paging gets the rest."""
 
 STUDY_LEVEL_KEYS = frozenset(
     tag_hex(k)

@@ -25,6 +25,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from kheops_async.defaults import DEFAULT_ATTEMPTS
 from kheops_async.errors import (
     HTTPStatusError,
     NotMultipartError,
@@ -60,7 +61,7 @@ class RetryPolicy:
     server's ``Retry-After`` when it sent one (at most ``max_retry_after``).
     """
 
-    attempts: int = 5
+    attempts: int = DEFAULT_ATTEMPTS
     initial_wait: float = 0.5
     max_wait: float = 30.0
     max_retry_after: float = 120.0

@@ -206,3 +206,52 @@ def test_demo_runs_the_commands_and_stops_orthanc(
     assert match
     with pytest.raises(ProcessLookupError):
         os.kill(int(match.group(1)), 0)
+
+
+_IMPORTS_AFTER = """
+import atexit, sys
+def _report():
+    heavy = ("httpx", "httpcore", "anyio", "tenacity", "pydicom", "numpy", "sqlite3")
+    print("LOADED=" + ",".join(m for m in heavy if sys.modules.get(m)), file=sys.stderr)
+atexit.register(_report)
+sys.argv = ["kheops-async", *sys.argv[1:]]
+from kheops_async.cli import console_main
+console_main()
+"""
+
+
+def loaded_modules(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the console entry point with ``args``; the heavy modules it had loaded at exit."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KHEOPS_", "ACCESS_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER, *args],
+        env={**clean, "KHEOPS_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    line = next(x for x in result.stderr.splitlines() if x.startswith("LOADED="))
+    return result, {m for m in line.removeprefix("LOADED=").split(",") if m}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--version",), ("--help",), ("download", "studies", "--help"), ("list", "-h")],
+)
+def test_version_and_help_import_nothing_heavy(args: tuple[str, ...]) -> None:
+    result, loaded = loaded_modules(*args)
+    assert result.returncode == 0, result.stderr
+    assert loaded == set()
+
+
+def test_a_download_never_imports_numpy(tmp_path: Path) -> None:
+    archive = FakeArchive()
+    for n in (1, 2):
+        archive.add_part10(make_instance("1.2.9.1", "1.2.9.1.1", f"1.2.9.1.1.{n}"))
+    with FakeDicomWebServer(archive, token=TOKEN) as server:
+        result, loaded = loaded_modules(
+            "download", "studies", "--url", server.base_url, "--out-dir", str(tmp_path)
+        )
+    assert result.returncode == 0, result.stderr
+    assert "pydicom" in loaded and "numpy" not in loaded

@@ -16,7 +16,7 @@ Modules, one job each:
 ``main(args, standalone_mode=False)`` returns the exit status instead of exiting.
 """
 
-from kheops_async.cli.app import main
+from kheops_async.cli.app import console_main, main
 from kheops_async.cli.exit_codes import ExitCode
 
-__all__ = ["ExitCode", "main"]
+__all__ = ["ExitCode", "console_main", "main"]

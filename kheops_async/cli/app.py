@@ -4,6 +4,10 @@ This module only wires click to the jobs (:mod:`~kheops_async.cli.listing`,
 :mod:`~kheops_async.cli.downloading`): it turns the parsed options into settings and
 a selection, and runs the job at the edge (:func:`~kheops_async.cli.runner.run_command`).
 :class:`KheopsGroup` makes usage errors one ``error:`` line, like every other error.
+
+Only click and this package's light modules are imported at start-up; a command
+imports its job (httpx, anyio, pydicom, the engine) when it runs, so ``--version``
+and ``--help`` stay fast (``benchmarks/run_all.py`` measures both).
 """
 
 from __future__ import annotations
@@ -11,15 +15,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from click.core import ParameterSource
 
 from kheops_async._version import __version__
-from kheops_async.cli.downloading import DownloadJob
+from kheops_async.cli.echo import echo_error
 from kheops_async.cli.exit_codes import ExitCode
-from kheops_async.cli.listing import ListJob
 from kheops_async.cli.options import (
     QUIET_KEY,
     VERBOSITY_KEY,
@@ -27,12 +30,12 @@ from kheops_async.cli.options import (
     list_options,
     verbosity_options,
 )
-from kheops_async.cli.runner import echo_error, run_command
-from kheops_async.cli.selection import Level, Selection
-from kheops_async.cli.settings import ConnectionSettings, OutputSettings
-from kheops_async.engine import DownloadSettings, MetadataMode
 from kheops_async.errors import ConfigurationError
-from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT, Layout
+
+if TYPE_CHECKING:
+    from kheops_async.cli.selection import Level, Selection
+    from kheops_async.cli.settings import ConnectionSettings, OutputSettings
+    from kheops_async.engine import MetadataMode
 
 __all__ = ["KheopsGroup", "main"]
 
@@ -105,6 +108,8 @@ def _usage_error(exc: click.ClickException) -> int:
 
 
 def _connection(ctx: click.Context, options: dict[str, Any]) -> ConnectionSettings:
+    from kheops_async.cli.settings import ConnectionSettings
+
     token, password = options["token"], options["password"]
     if token and password and ctx.get_parameter_source("token") is ParameterSource.ENVIRONMENT:
         raise click.UsageError(
@@ -122,6 +127,7 @@ def _connection(ctx: click.Context, options: dict[str, Any]) -> ConnectionSettin
         inbox=options["inbox"],
         ca_bundle=Path(options["ca_bundle"]) if options["ca_bundle"] else None,
         insecure=options["insecure"],
+        proxy=options["proxy"],
         timeout=options["timeout"],
         retries=options["retries"],
         concurrency=options["concurrency"],
@@ -130,6 +136,8 @@ def _connection(ctx: click.Context, options: dict[str, Any]) -> ConnectionSettin
 
 
 def _output(ctx: click.Context, options: dict[str, Any]) -> OutputSettings:
+    from kheops_async.cli.settings import OutputSettings
+
     return OutputSettings(
         out_dir=Path(options["out_dir"]),
         dry_run=options["dry_run"],
@@ -139,6 +147,8 @@ def _output(ctx: click.Context, options: dict[str, Any]) -> OutputSettings:
 
 
 def _selection(ctx: click.Context, options: dict[str, Any], *, series_level: bool) -> Selection:
+    from kheops_async.cli.selection import Selection
+
     try:
         return Selection.build(
             study_uids=list(dict.fromkeys(options["study_uids"])),
@@ -155,6 +165,9 @@ def _selection(ctx: click.Context, options: dict[str, Any], *, series_level: boo
 
 
 def _run_list(ctx: click.Context, level: Level, options: dict[str, Any]) -> ExitCode:
+    from kheops_async.cli.listing import ListJob
+    from kheops_async.cli.runner import run_command
+
     connection = _connection(ctx, options)
     output = _output(ctx, options)
     job = ListJob(
@@ -174,6 +187,8 @@ def _metadata_mode(options: dict[str, Any]) -> MetadataMode | None:
 
 
 def _layout(ctx: click.Context, options: dict[str, Any]) -> str:
+    from kheops_async.layout import DEFAULT_LAYOUT, KHEOPS_CLIENT_LAYOUT
+
     if options["kheops_client_layout"]:
         if options["layout"]:
             raise click.UsageError("give --layout or --kheops-client-layout, not both", ctx)
@@ -184,6 +199,11 @@ def _layout(ctx: click.Context, options: dict[str, Any]) -> str:
 def _run_download(
     ctx: click.Context, kind: Literal["studies", "series"], options: dict[str, Any]
 ) -> ExitCode:
+    from kheops_async.cli.downloading import DownloadJob
+    from kheops_async.cli.runner import run_command
+    from kheops_async.engine import DownloadSettings
+    from kheops_async.layout import Layout
+
     connection = _connection(ctx, options)
     output = _output(ctx, options)
     job = DownloadJob(
@@ -284,3 +304,17 @@ def download_series(ctx: click.Context, /, **options: Any) -> ExitCode:
     of the study; series-level filters (Modality, SeriesDescription, ...) narrow them.
     """
     return _run_download(ctx, "series", options)
+
+
+def console_main() -> None:
+    """The ``kheops-async`` console script (and ``python -m kheops_async``): :func:`main`.
+
+    The command line never decodes pixel data, so numpy is kept out of its process:
+    pydicom imports numpy when it is installed, only to register pixel handlers, which
+    costs about 12 MB of resident memory and 60 ms of start-up here. ``None`` in
+    ``sys.modules`` makes ``import numpy`` raise ImportError, which pydicom handles
+    (it then has no numpy pixel handler). Only this process entry point does it: the
+    library, and ``main()`` called from Python, leave the caller's imports alone.
+    """
+    sys.modules.setdefault("numpy", None)  # type: ignore[arg-type]
+    main(prog_name="kheops-async")

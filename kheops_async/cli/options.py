@@ -19,12 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kheops_async.dicomjson import tag_hex
-from kheops_async.engine import DEFAULT_CONCURRENCY
+from kheops_async.defaults import DEFAULT_ATTEMPTS, DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE
 from kheops_async.errors import ConfigurationError
-from kheops_async.layout import Layout
-from kheops_async.qido import DEFAULT_PAGE_SIZE
-from kheops_async.retry import RetryPolicy
 from kheops_async.uids import validate_uid
 
 __all__ = [
@@ -86,6 +82,8 @@ def _check_filters(
     ctx: click.Context, param: click.Parameter, value: tuple[tuple[str, str], ...]
 ) -> tuple[tuple[str, str], ...]:
     """Each key must be a DICOM keyword or tag, and given once."""
+    from kheops_async.dicomjson import tag_hex  # pydicom's dictionary: only when used
+
     seen: dict[str, str] = {}
     checked: list[tuple[str, str]] = []
     for key, text in value:
@@ -109,6 +107,8 @@ def _check_filters(
 def _check_layout(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
+    from kheops_async.layout import Layout  # pydicom's dictionary: only when used
+
     try:
         return Layout(value).template
     except ConfigurationError as exc:
@@ -207,12 +207,19 @@ def connection_options(function: F) -> F:
             type=click.Path(exists=True, dir_okay=False),
             metavar="PATH",
             help="PEM file of the CA certificates to trust (TLS verification is on by "
-            "default, with the system's CAs).",
+            "default, with certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR).",
         ),
         click.option(
             "--insecure",
             is_flag=True,
             help="Do not verify the server's TLS certificate (testing only).",
+        ),
+        click.option(
+            "--proxy",
+            metavar="URL",
+            help="HTTP proxy for every request (http://[user:password@]host:port); "
+            "https:// servers are reached through CONNECT. [default: HTTPS_PROXY, "
+            "HTTP_PROXY or ALL_PROXY from the environment, except NO_PROXY hosts]",
         ),
         click.option(
             "--timeout",
@@ -224,7 +231,7 @@ def connection_options(function: F) -> F:
         click.option(
             "--retries",
             type=click.IntRange(min=0, max=20),
-            default=RetryPolicy().attempts - 1,
+            default=DEFAULT_ATTEMPTS - 1,
             show_default=True,
             help="Retries of a failed request (connection errors, 429, 5xx), with backoff.",
         ),

@@ -16,6 +16,7 @@ import anyio
 import click
 
 from kheops_async.auth import Redactor
+from kheops_async.cli.echo import echo_error, one_line
 from kheops_async.cli.exit_codes import ExitCode, exit_code_for, hint_for, primary_error
 from kheops_async.cli.logging_setup import TRACEBACK_VERBOSITY, CliLogHandler, configured_logging
 from kheops_async.cli.settings import ConnectionSettings, OutputSettings
@@ -24,16 +25,6 @@ from kheops_async.client import DicomWebClient
 __all__ = ["CommandBody", "echo_error", "one_line", "report_error", "run_command"]
 
 CommandBody = Callable[[DicomWebClient, CliLogHandler], Awaitable[ExitCode]]
-
-
-def one_line(text: str) -> str:
-    """``text`` on a single line (newlines and runs of blanks collapsed)."""
-    return " ".join(text.split())
-
-
-def echo_error(message: str) -> None:
-    """Write ``error: message`` as one line on stderr."""
-    click.echo(f"error: {one_line(message)}", err=True)
 
 
 def report_error(exc: BaseException, *, redactor: Redactor, verbosity: int) -> ExitCode:

@@ -24,6 +24,10 @@ from kheops_async.retry import RetryPolicy
 
 __all__ = ["ConnectionSettings", "OutputSettings"]
 
+_PROXY_VARIABLES = tuple(
+    name for base in ("https_proxy", "http_proxy", "all_proxy") for name in (base, base.upper())
+)
+
 log = logging.getLogger("kheops_async.cli")
 
 
@@ -40,6 +44,7 @@ class ConnectionSettings:
     inbox: bool = False
     ca_bundle: Path | None = None
     insecure: bool = False
+    proxy: str | None = field(default=None, repr=False)  # may carry a password
     timeout: float | None = None
     retries: int = RetryPolicy().attempts - 1
     concurrency: int = DEFAULT_CONCURRENCY
@@ -48,7 +53,21 @@ class ConnectionSettings:
     def redactor(self) -> Redactor:
         """Redacts the token, the password and a link URL's token from any text."""
         _, link_token = split_link_url(self.url)
-        return Redactor.for_secrets([self.token, self.password, link_token])
+        return Redactor.for_secrets([self.token, self.password, link_token, *self._proxy_secrets()])
+
+    def _proxy_secrets(self) -> list[str | None]:
+        """The password of ``--proxy`` (and of a proxy URL from the environment)."""
+        from urllib.parse import urlsplit
+
+        candidates = [self.proxy, *(os.environ.get(name) for name in _PROXY_VARIABLES)]
+        secrets: list[str | None] = []
+        for url in candidates:
+            if url and "@" in url:
+                try:
+                    secrets.append(urlsplit(url if "://" in url else f"http://{url}").password)
+                except ValueError:
+                    continue
+        return secrets
 
     def _verify(self) -> bool | ssl.SSLContext:
         if self.insecure and self.ca_bundle is not None:
@@ -65,6 +84,24 @@ class ConnectionSettings:
             raise ConfigurationError(
                 f"cannot load the CA bundle {self.ca_bundle}: {exc.strerror or exc}"
             ) from None
+
+    def _proxy(self) -> str | None:
+        if self.proxy is None:
+            return None
+        from urllib.parse import urlsplit
+
+        text = self.proxy.strip()
+        try:
+            parts = urlsplit(text if "://" in text else f"http://{text}")
+            _ = parts.port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            shown = self.redactor().redact(text)
+            raise ConfigurationError(
+                f"invalid --proxy {shown!r}: expected http://[user:password@]host:port"
+            )
+        return parts.geturl()
 
     def _timeout(self) -> httpx.Timeout:
         if self.timeout is None:
@@ -86,6 +123,7 @@ class ConnectionSettings:
             concurrency=self.concurrency,
             timeout=self._timeout(),
             verify=self._verify(),
+            proxy=self._proxy(),
             retry=RetryPolicy(attempts=self.retries + 1),
             album=self.album,
             inbox=self.inbox,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from kheops_async.defaults import DEFAULT_CONCURRENCY
 from kheops_async.errors import ConfigurationError
 from kheops_async.layout import Layout
 from kheops_async.report import InstanceRecord
@@ -20,10 +21,6 @@ __all__ = [
     "MetadataMode",
 ]
 
-DEFAULT_CONCURRENCY = 8
-"""Requests in flight by default, chosen by measurement (benchmarks/RESULTS.md, sweep):
-on loopback -j 2 to 16 are alike (CPU-bound); through 40 ms of latency -j 8 is 10-17 %
-faster than -j 4, and -j 16 adds 7-11 % for a larger load on the server."""
 
 DEFAULT_OUTAGE_THRESHOLD = 24
 """Failed attempts in a row, across every series, with no part committed anywhere in

@@ -1,0 +1,308 @@
+"""The HTTP transport: large reads, proxies (CONNECT and forwarding), TLS, on both backends.
+
+Everything speaks real HTTP on loopback: the fake Kheops server, behind
+:class:`~proxies.LoopbackProxy` and, for ``https://``, :class:`~proxies.TlsFront` with
+a ``trustme`` certificate.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+import trustme
+from click.testing import CliRunner
+from fakeserver import FakeArchive, FakeDicomWebServer, make_tree_archive
+from proxies import LoopbackProxy, TlsFront
+
+from kheops_async import AuthenticationError, DicomWebClient, Targets, TransportError, download
+from kheops_async.cli import main
+from kheops_async.transport import (
+    READ_SIZE,
+    KheopsTransport,
+    LargeReadStream,
+    bypasses_proxy,
+    proxy_for_url,
+)
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "transport-Secret-Token-7"
+PROXY_PASSWORD = "proxy-Secret-Pass-9"
+STUDIES = ["1.2.826.0.7.1", "1.2.826.0.7.2"]
+PROXY_VARIABLES = [
+    f(name)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for f in (str, str.upper)
+]
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no proxy variable set (the CI machine may have some)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def archive() -> FakeArchive:
+    return make_tree_archive(STUDIES, series_per_study=2, instances_per_series=3, size=2048)
+
+
+@pytest.fixture
+def server(archive: FakeArchive) -> Iterator[FakeDicomWebServer]:
+    with FakeDicomWebServer(archive, token=TOKEN) as srv:
+        yield srv
+
+
+@pytest.fixture
+def proxy() -> Iterator[LoopbackProxy]:
+    with LoopbackProxy() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def https_server(server: FakeDicomWebServer, authority: trustme.CA) -> Iterator[str]:
+    """The fake server behind TLS: its ``https://127.0.0.1:PORT/api`` base URL."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with TlsFront(server.port, context) as front:
+        yield f"https://127.0.0.1:{front.port}/api"
+
+
+@pytest.fixture
+def ca_bundle(authority: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    return path
+
+
+async def study_count(base_url: str, **options: Any) -> int:
+    async with DicomWebClient(base_url, token=TOKEN, **options) as client:
+        return len((await client.search_studies()).records)
+
+
+# -- large reads ------------------------------------------------------------------------
+
+
+class RecordingStream(httpcore.AsyncNetworkStream):
+    """An inner stream that records the sizes asked of it."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.asked.append(max_bytes)
+        return b"x"
+
+
+async def test_reads_ask_the_socket_for_large_blocks() -> None:
+    inner = RecordingStream()
+    stream = LargeReadStream(inner, READ_SIZE)
+    await stream.read(65536)
+    await stream.read(4 * READ_SIZE)
+    assert inner.asked == [READ_SIZE, 4 * READ_SIZE]
+
+
+async def test_a_whole_download_over_the_transport(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    async with DicomWebClient(server.base_url, token=TOKEN) as client:
+        report = await download(client, Targets(studies=STUDIES), tmp_path)
+    assert report.ok and report.written == len(archive)
+
+
+async def test_connections_are_kept_alive(server: FakeDicomWebServer) -> None:
+    async with DicomWebClient(server.base_url, token=TOKEN) as client:
+        for _ in range(3):
+            await client.search_studies()
+    assert len(server.requests) == 3
+    assert len({r.connection for r in server.requests}) == 1
+
+
+# -- no SSL context for http:// -----------------------------------------------------------
+
+
+async def test_no_ssl_context_for_an_http_server(
+    server: FakeDicomWebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> ssl.SSLContext:
+        raise AssertionError("an SSL context was made for an http:// server")
+
+    monkeypatch.setattr(httpx, "create_ssl_context", refuse)
+    monkeypatch.setattr(ssl, "create_default_context", refuse)
+    assert await study_count(server.base_url) == len(STUDIES)
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+async def test_tls_is_verified_by_default(https_server: str) -> None:
+    with pytest.raises(TransportError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+        await study_count(https_server, retry=_no_retry())
+
+
+async def test_tls_with_a_ca_bundle(https_server: str, ca_bundle: Path) -> None:
+    assert await study_count(https_server, verify=str(ca_bundle)) == len(STUDIES)
+
+
+# -- proxies -----------------------------------------------------------------------------
+
+
+async def test_http_server_through_a_forwarding_proxy(
+    server: FakeDicomWebServer, proxy: LoopbackProxy
+) -> None:
+    assert await study_count(server.base_url, proxy=proxy.url) == len(STUDIES)
+    assert proxy.connections
+    first = proxy.connections[0]
+    assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
+
+
+async def test_https_server_through_a_connect_tunnel(
+    https_server: str, ca_bundle: Path, proxy: LoopbackProxy, tmp_path: Path
+) -> None:
+    async with DicomWebClient(
+        https_server, token=TOKEN, verify=str(ca_bundle), proxy=proxy.url
+    ) as client:
+        report = await download(client, Targets(studies=STUDIES[:1]), tmp_path)
+    assert report.ok and report.written == 6
+    port = https_server.split(":")[2].split("/")[0]
+    assert proxy.connections and all(
+        c.method == "CONNECT" and c.target == f"127.0.0.1:{port}" for c in proxy.connections
+    )
+
+
+async def test_proxy_from_the_environment_and_no_proxy(
+    server: FakeDicomWebServer, proxy: LoopbackProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    assert await study_count(server.base_url) == len(STUDIES)
+    through_proxy = len(proxy.connections)
+    assert through_proxy >= 1
+    monkeypatch.setenv("no_proxy", "localhost, 127.0.0.0/8")
+    assert await study_count(server.base_url) == len(STUDIES)
+    assert len(proxy.connections) == through_proxy  # direct this time
+    monkeypatch.delenv("no_proxy")
+    assert await study_count(server.base_url, trust_env=False) == len(STUDIES)
+    assert len(proxy.connections) == through_proxy
+
+
+async def test_proxy_credentials_are_sent_and_never_shown(
+    server: FakeDicomWebServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with LoopbackProxy(credentials=("hospital", PROXY_PASSWORD)) as guarded:
+        url = f"http://hospital:{PROXY_PASSWORD}@127.0.0.1:{guarded.port}"
+        assert await study_count(server.base_url, proxy=url) == len(STUDIES)
+        assert guarded.connections[0].proxy_authorization
+        wrong = f"http://hospital:wrong-{PROXY_PASSWORD}@127.0.0.1:{guarded.port}"
+        with pytest.raises(AuthenticationError, match=r"407 .* the proxy wants") as refused:
+            await study_count(server.base_url, proxy=wrong, retry=_no_retry())
+    assert PROXY_PASSWORD not in str(refused.value)
+    assert PROXY_PASSWORD not in caplog.text
+
+
+def test_cli_through_a_proxy_with_a_ca_bundle(
+    https_server: str, ca_bundle: Path, proxy: LoopbackProxy, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "list",
+            "studies",
+            "--url",
+            https_server,
+            "--ca-bundle",
+            str(ca_bundle),
+            "--proxy",
+            proxy.url,
+            "--out-dir",
+            str(tmp_path),
+            "--format",
+            "csv",
+        ],
+        env={"KHEOPS_TOKEN": TOKEN},
+    )
+    assert result.exit_code == 0, result.output
+    assert all(uid in result.output for uid in STUDIES)
+    assert proxy.connections and proxy.connections[0].method == "CONNECT"
+
+
+def test_cli_refuses_a_malformed_proxy(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "list",
+            "studies",
+            "--url",
+            "http://127.0.0.1:9/api",
+            "--proxy",
+            f"ftp://x:{PROXY_PASSWORD}@h",
+        ],
+        env={"KHEOPS_TOKEN": TOKEN},
+    )
+    assert result.exit_code == 2
+    assert "invalid --proxy" in result.output and PROXY_PASSWORD not in result.output
+    assert "Traceback" not in result.output
+
+
+# -- the proxy decision ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "bypassed"),
+    [
+        ("pacs.example.org", 443, "*", True),
+        ("pacs.example.org", 443, "example.org", True),
+        ("pacs.example.org", 443, ".example.org", True),
+        ("pacs.example.org", 443, "*.example.org", True),
+        ("example.org", 443, ".example.org", True),
+        ("badexample.org", 443, "example.org", False),
+        ("pacs.example.org", 8042, "pacs.example.org:8043", False),
+        ("pacs.example.org", 8042, "pacs.example.org:8042", True),
+        ("10.1.2.3", 80, "intranet, 10.0.0.0/8", True),
+        ("10.1.2.3", 80, "10.1.2.4", False),
+        ("::1", 8042, "::1", True),
+        ("::1", 8042, "[::1]:8042", True),
+        ("example.org", 443, "", False),
+    ],
+)
+def test_no_proxy_rules(host: str, port: int, no_proxy: str, bypassed: bool) -> None:
+    assert bypasses_proxy(host, port, no_proxy) is bypassed
+
+
+def test_which_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    https = httpx.URL("https://pacs.example.org/api")
+    http = httpx.URL("http://orthanc.local:8042/dicom-web")
+    assert proxy_for_url(https, None, trust_env=True) is None
+    monkeypatch.setenv("https_proxy", "proxy.example.org:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://all.example.org:8080")
+    assert proxy_for_url(https, None, trust_env=True) == "http://proxy.example.org:3128"
+    assert proxy_for_url(http, None, trust_env=True) == "http://all.example.org:8080"
+    assert proxy_for_url(https, None, trust_env=False) is None
+    assert proxy_for_url(https, "http://explicit:1", trust_env=True) == "http://explicit:1"
+    monkeypatch.setenv("NO_PROXY", "example.org")
+    assert proxy_for_url(https, None, trust_env=True) is None
+    assert proxy_for_url(http, None, trust_env=True) == "http://all.example.org:8080"
+
+
+async def test_an_unsupported_proxy_scheme_is_refused() -> None:
+    transport = KheopsTransport(proxy="socks5://127.0.0.1:1080")
+    async with httpx.AsyncClient(transport=transport) as http:
+        with pytest.raises(httpx.UnsupportedProtocol, match="socks5"):
+            await http.get("http://127.0.0.1:9/")
+
+
+def _no_retry() -> Any:
+    from kheops_async import RetryPolicy
+
+    return RetryPolicy(attempts=1)
