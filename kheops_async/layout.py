@@ -12,9 +12,7 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-
-from pydicom.datadict import tag_for_keyword
+from pathlib import Path
 
 from kheops_async.errors import ConfigurationError
 
@@ -35,6 +33,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 _RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM\d|LPT\d)(\..*)?$", re.IGNORECASE)
 
 
+def _fields_of(template: str) -> tuple[str, ...]:
+    """The field names of a template part, in order, each once."""
+    names = (name for _, name, _, _ in string.Formatter().parse(template) if name)
+    return tuple(dict.fromkeys(names))
+
+
 def sanitize_component(value: object) -> str:
     """Turn a header value into one safe path component.
 
@@ -53,14 +57,42 @@ def sanitize_component(value: object) -> str:
     return text
 
 
+_PLAIN_UID = re.compile(r"[0-9]{1,64}(?:\.[0-9]{1,64}){0,63}")
+"""Digits and dots, not starting with a dot: a UID, already a safe path component."""
+
+_MAX_CACHED_DIRECTORIES = 4096
+"""Directory strings kept per layout (the cache is emptied when it grows past this)."""
+
+
+def _component(value: object) -> str:
+    """A value as a path component: a plain UID as it is, anything else sanitised."""
+    if isinstance(value, str) and len(value) <= 64 and _PLAIN_UID.fullmatch(value):
+        return value
+    return sanitize_component(value)
+
+
 @dataclass(frozen=True)
 class Layout:
-    """A validated path template; :meth:`render` fills it for one instance."""
+    """A validated path template; :meth:`render` fills it for one instance.
+
+    The template is split at its last ``/``: the directory part is rendered once per
+    distinct set of its values (one series, normally) and cached, so an instance costs
+    one format of its file name and no ``pathlib`` parsing.
+    """
 
     template: str = DEFAULT_LAYOUT
     fields: tuple[str, ...] = field(init=False)
+    _directory_template: str = field(init=False, repr=False, compare=False)
+    _directory_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _file_template: str = field(init=False, repr=False, compare=False)
+    _file_fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _directories: dict[tuple[object, ...], str] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
+        from pydicom.datadict import tag_for_keyword  # its dictionary: only when a layout is made
+
         names: list[str] = []
         try:
             parsed = list(string.Formatter().parse(self.template))
@@ -86,21 +118,48 @@ class Layout:
                 "the layout must contain {SOPInstanceUID} so that files stay distinct"
             )
         object.__setattr__(self, "fields", tuple(dict.fromkeys(names)))
+        directory, _, file_name = self.template.rpartition("/")
+        object.__setattr__(self, "_directory_template", directory)
+        object.__setattr__(self, "_directory_fields", _fields_of(directory))
+        object.__setattr__(self, "_file_template", file_name)
+        object.__setattr__(self, "_file_fields", _fields_of(file_name))
 
-    def render(self, values: Mapping[str, object]) -> PurePosixPath:
-        """The relative path for an instance with these header values (sanitised)."""
-        safe = {name: sanitize_component(values.get(name)) for name in self.fields}
-        relative = PurePosixPath(self.template.format(**safe))
-        if relative.is_absolute() or any(part in ("", ".", "..") for part in relative.parts):
-            raise ConfigurationError(f"layout produced an unsafe path {str(relative)!r}")
-        return relative
+    def render(self, values: Mapping[str, object]) -> str:
+        """The relative POSIX path (``a/b/c.dcm``) of an instance with these header values.
+
+        Every value is sanitised (:func:`sanitize_component`), except plain UIDs, which
+        are safe as they are. The result is relative, without empty, ``.`` or ``..``
+        components, so joining it to the destination stays inside by construction (no
+        per-file ``realpath``). Raises :class:`ConfigurationError` otherwise.
+        """
+        key = tuple(values.get(name) for name in self._directory_fields)
+        directory = self._directories.get(key)
+        if directory is None:
+            directory = self._render_directory(key)
+        name = self._file_template.format_map(
+            {field_name: _component(values.get(field_name)) for field_name in self._file_fields}
+        )
+        if name in ("", ".", ".."):
+            raise ConfigurationError(f"layout produced an unsafe file name {name!r}")
+        return directory + name
+
+    def _render_directory(self, key: tuple[object, ...]) -> str:
+        """The directory part for these values, with a trailing ``/`` (``""`` if none)."""
+        if not self._directory_template:
+            return ""
+        safe = {
+            name: _component(value) for name, value in zip(self._directory_fields, key, strict=True)
+        }
+        text = self._directory_template.format_map(safe)
+        if any(part in ("", ".", "..") for part in text.split("/")):
+            raise ConfigurationError(f"layout produced an unsafe path {text!r}")
+        if len(self._directories) >= _MAX_CACHED_DIRECTORIES:
+            self._directories.clear()
+        self._directories[key] = text + "/"
+        return text + "/"
 
     def resolve(self, root: Path, values: Mapping[str, object]) -> Path:
-        """The final path inside ``root`` (an absolute, resolved directory).
-
-        :meth:`render` yields only sanitised, ``..``-free, relative components, so the
-        join stays inside ``root`` by construction; no per-file ``realpath`` is needed.
-        """
+        """The final path inside ``root`` (an absolute, resolved directory); see :meth:`render`."""
         return root / self.render(values)
 
     def with_suffix(self, suffix: str) -> Layout:

@@ -211,7 +211,7 @@ def test_demo_runs_the_commands_and_stops_orthanc(
 _IMPORTS_AFTER = """
 import atexit, sys
 def _report():
-    heavy = ("httpx", "httpcore", "anyio", "tenacity", "pydicom", "numpy", "sqlite3")
+    heavy = ("httpx", "httpcore", "anyio", "tenacity", "pydicom", "numpy", "sqlite3", "PIL")
     print("LOADED=" + ",".join(m for m in heavy if sys.modules.get(m)), file=sys.stderr)
 atexit.register(_report)
 sys.argv = ["kheops-async", *sys.argv[1:]]
@@ -245,7 +245,7 @@ def test_version_and_help_import_nothing_heavy(args: tuple[str, ...]) -> None:
     assert loaded == set()
 
 
-def test_a_download_never_imports_numpy(tmp_path: Path) -> None:
+def test_a_download_never_imports_numpy_or_pillow(tmp_path: Path) -> None:
     archive = FakeArchive()
     for n in (1, 2):
         archive.add_part10(make_instance("1.2.9.1", "1.2.9.1.1", f"1.2.9.1.1.{n}"))
@@ -254,4 +254,4 @@ def test_a_download_never_imports_numpy(tmp_path: Path) -> None:
             "download", "studies", "--url", server.base_url, "--out-dir", str(tmp_path)
         )
     assert result.returncode == 0, result.stderr
-    assert "pydicom" in loaded and "numpy" not in loaded
+    assert "pydicom" in loaded and "numpy" not in loaded and "PIL" not in loaded

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kheops_async import ConfigurationError, Layout
+from kheops_async import layout as layout_module
 from kheops_async.layout import KHEOPS_CLIENT_LAYOUT, sanitize_component
 
 
@@ -64,3 +65,42 @@ def test_known_layouts_render() -> None:
     assert str(Layout().render(values)) == "1.2/1.2.3/1.2.3.4.dcm"
     assert str(Layout(KHEOPS_CLIENT_LAYOUT).render(values)) == "1.2.3/1.2.3.4.dcm"
     assert Layout().with_suffix(".json").template.endswith("{SOPInstanceUID}.json")
+
+
+def test_the_directory_is_rendered_once_per_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    real = layout_module.sanitize_component
+
+    def counting(value: object) -> str:
+        seen.append(value)
+        return real(value)
+
+    monkeypatch.setattr(layout_module, "sanitize_component", counting)
+    layout = Layout("{PatientID}/{SeriesInstanceUID}/{InstanceNumber}_{SOPInstanceUID}.dcm")
+    paths = [
+        layout.render(
+            {
+                "PatientID": "Doe^John",
+                "SeriesInstanceUID": "1.2.3",
+                "InstanceNumber": f"{n} ",
+                "SOPInstanceUID": f"1.2.3.{n}",
+            }
+        )
+        for n in range(50)
+    ]
+    assert paths[7] == "Doe_John/1.2.3/7_1.2.3.7.dcm"
+    assert seen.count("Doe^John") == 1  # the directory: once
+    assert len(seen) == 51  # and each InstanceNumber; plain UIDs are never re-sanitised
+    other = layout.render(
+        {"PatientID": "../x", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.1"}
+    )
+    assert other == "___x/1.2.3/unknown_1.2.3.1.dcm"  # other values, another directory
+
+
+@pytest.mark.parametrize("value", [" 1.2.3", "1.2.3 ", ".1.2", "1..2", "1.2." + "3" * 70])
+def test_values_that_only_look_like_uids_are_sanitised(value: str) -> None:
+    path = Layout().render(
+        {"StudyInstanceUID": value, "SeriesInstanceUID": value, "SOPInstanceUID": value}
+    )
+    safe = sanitize_component(value)
+    assert path == f"{safe}/{safe}/{safe}.dcm"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 from kheops_async.demo import generate_dataset
+from kheops_async.engine import receiving
 from kheops_async.engine.journal import Journal
-from kheops_async.engine.receiving import SMALL_PART_BYTES, PartBody, receive_body
+from kheops_async.engine.receiving import (
+    LARGE_WRITE_BYTES,
+    SMALL_PART_BYTES,
+    PartBody,
+    receive_body,
+)
 from kheops_async.engine.sink import PartSink, SeriesRequest
 from kheops_async.engine.state_dir import TempArea
 from kheops_async.layout import Layout
@@ -53,13 +60,13 @@ async def test_large_and_small_parts_are_placed_byte_for_byte(
     bodies: list[PartBody] = []
     async for part in MultipartReader(receive, "B"):
         bodies.append(await receive_body(part, temp.new_path(), checksum=True))
-    assert [b.data is None for b in bodies] == [False, True]
+    assert [b.in_memory for b in bodies] == [True, False]
     journal = Journal.open(tmp_path / "journal.sqlite")
     sink = PartSink(tmp_path, Layout(), journal, checksum=True)
     request = SeriesRequest(small.study_uid, small.series_uid, {})
     outcomes = sink.commit_batch(bodies, request)
     assert [o.status for o in outcomes] == ["written", "written"]
-    assert [o.path.read_bytes() for o in outcomes if o.path] == [small_data, large.data]
+    assert [Path(o.path).read_bytes() for o in outcomes if o.path] == [small_data, large.data]
     assert request.done == {small.sop_uid, large.sop_uid}
     entries = journal.series_entries(small.study_uid, small.series_uid)
     assert {e.size for e in entries.values()} == {len(small_data), len(large.data)}
@@ -68,8 +75,41 @@ async def test_large_and_small_parts_are_placed_byte_for_byte(
     journal.close()
 
 
+@pytest.mark.anyio
+async def test_a_large_part_is_written_from_threads_in_large_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No disk write on the event loop; each write at least LARGE_WRITE_BYTES but the last."""
+    data = bytes(range(256)) * (5 * LARGE_WRITE_BYTES // 256 + 77)
+    body = _multipart(data)
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    writes: list[tuple[str, int]] = []
+    real_write_all = receiving.write_all
+
+    def recording(fd: int, chunks: list[bytes]) -> None:
+        writes.append((threading.current_thread().name, sum(len(c) for c in chunks)))
+        real_write_all(fd, chunks)
+
+    monkeypatch.setattr(receiving, "write_all", recording)
+
+    async def receive() -> bytes:
+        return pieces.pop(0) if pieces else b""
+
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    async for part in MultipartReader(receive, "B"):
+        received = await receive_body(part, temp.new_path())
+    assert not received.in_memory
+    assert Path(received.temp_path).read_bytes() == data
+    assert sum(size for _, size in writes) == len(data)
+    assert all(size >= LARGE_WRITE_BYTES for _, size in writes[:-1])
+    assert len(writes) <= len(data) // LARGE_WRITE_BYTES + 1
+    assert threading.main_thread().name not in {name for name, _ in writes}
+    received.discard()
+
+
 def _body(temp: TempArea, data: bytes, index: int = 0) -> PartBody:
-    return PartBody(index, "application/dicom", temp.new_path(), len(data), data, b"")
+    return PartBody(index, "application/dicom", temp.new_path(), len(data), [data], b"")
 
 
 def test_a_part_naming_another_series_is_never_written(tmp_path: Path) -> None:
@@ -112,7 +152,7 @@ def test_a_collision_names_both_instances_and_overwrites_nothing(tmp_path: Path)
     )
     assert clash.status == "failed"
     assert "collision" in clash.error and first.study_uid in clash.error
-    assert written.path is not None and written.path.read_bytes() == first.data
+    assert written.path is not None and Path(written.path).read_bytes() == first.data
     assert list(temp.directory.iterdir()) == []
     journal.close()
 

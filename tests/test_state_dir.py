@@ -16,7 +16,7 @@ from kheops_async.errors import ConfigurationError
 def test_the_sweep_removes_dead_runs_only(tmp_path: Path) -> None:
     mine = TempArea(tmp_path)
     mine.prepare()
-    (mine.new_path()).write_bytes(b"x")
+    Path(mine.new_path()).write_bytes(b"x")
     dead = mine.base / f"{HOST}.999999999"
     dead.mkdir()
     (dead / "1.part").write_bytes(b"x")

@@ -110,6 +110,6 @@ def _write_json(run: RunContext, final: Path, payload: object) -> int:
         os.replace(temp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+            os.unlink(temp)
         raise
     return len(data)

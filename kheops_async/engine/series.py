@@ -248,7 +248,7 @@ class SeriesJob:
         if any(f != "SOPInstanceUID" and f not in known for f in layout.fields):
             return True
         probe = layout.render({**known, "SOPInstanceUID": "0"})
-        return (self.run.root / probe).parent.exists()
+        return os.path.isdir(os.path.dirname(os.path.join(self.run.root, probe)))
 
     # -- listing -------------------------------------------------------------------
 
@@ -281,7 +281,7 @@ class SeriesJob:
             if value is not None and keyword not in values:
                 values[keyword] = str(value)
         values["SOPInstanceUID"] = record.sop_uid or ""
-        return self.run.layout.render(values).as_posix()
+        return self.run.layout.render(values)
 
     # -- retrieving ----------------------------------------------------------------
 
@@ -408,9 +408,9 @@ class SeriesJob:
                                 checksum=run.settings.checksum,
                             )
                             pending.append(body)
-                            pending_bytes += body.size if body.data is not None else 0
+                            pending_bytes += body.size if body.in_memory else 0
                             if (
-                                body.data is None
+                                not body.in_memory
                                 or len(pending) >= BATCH_MAX_PARTS
                                 or pending_bytes >= BATCH_MAX_BYTES
                             ):

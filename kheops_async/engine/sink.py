@@ -37,7 +37,7 @@ from pathlib import Path
 
 from kheops_async.dicomfile import PIXEL_DATA_TAG_LE, read_header_values
 from kheops_async.engine.journal import Journal, JournalEntry
-from kheops_async.engine.receiving import PartBody
+from kheops_async.engine.receiving import PartBody, write_all
 from kheops_async.errors import InvalidDicomError
 from kheops_async.layout import Layout
 from kheops_async.uids import is_valid_uid
@@ -90,7 +90,7 @@ class Outcome:
 
     status: str  # "written", "duplicate" (already done) or "failed"
     values: dict[str, str]
-    path: Path | None = None
+    path: str | None = None
     size: int = 0
     error: str = ""
     repaired: bool = False
@@ -109,6 +109,7 @@ class PartSink:
         checksum: bool = False,
     ) -> None:
         self.root = root
+        self._root_prefix = f"{root}{os.sep}"
         self.layout = layout
         self.journal = journal
         self.fsync = fsync
@@ -145,8 +146,7 @@ class PartSink:
             return Outcome("duplicate", values, size=body.size)
         identity = (sop_uid, request.series_uid, request.study_uid)
         try:
-            relative = self.layout.render({**request.known_values, **values})
-            key = relative.as_posix()
+            key = self.layout.render({**request.known_values, **values})
             owner = self.journal.owner(key) if self.journal is not None else None
             if owner is not None and owner != identity:
                 body.discard()
@@ -159,10 +159,10 @@ class PartSink:
                         f"series {owner[1]} (study {owner[2]}); not written"
                     ),
                 )
-            final = self.root / relative
+            final = self._root_prefix + key
             sha256 = self._place(body, final)
             if self.journal is not None:
-                stat = final.stat()
+                stat = os.stat(final)
                 self.journal.add_instance(
                     JournalEntry(
                         key,
@@ -184,8 +184,8 @@ class PartSink:
         """The part's header values, after the checks of the rule (module docstring)."""
         if body.content_type != "application/dicom":
             raise InvalidDicomError(f"Content-Type {body.content_type!r}, not DICOM")
-        if body.data is not None:
-            values = read_header_values(body.data, self.keywords)
+        if body.chunks is not None:
+            values = _read_small_part_header(body.chunks, self.keywords)
         else:
             values = _read_large_part_header(body.head, body.temp_path, self.keywords)
         sop_uid = values["SOPInstanceUID"]
@@ -204,32 +204,38 @@ class PartSink:
                 )
         return values
 
-    def _place(self, body: PartBody, final: Path) -> str | None:
+    def _place(self, body: PartBody, final: str) -> str | None:
         """Write (small parts), flush, rename into place; return the sha256 if asked."""
         sha256 = body.sha256
-        if body.data is not None:
-            with open(body.temp_path, "xb", buffering=0) as out:
-                out.write(body.data)
+        if body.chunks is not None:
+            fd = os.open(body.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                write_all(fd, body.chunks)
                 if self.fsync:
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if self.checksum:
-                sha256 = hashlib.sha256(body.data).hexdigest()
-            body.data = None
+                digest = hashlib.sha256()
+                for chunk in body.chunks:
+                    digest.update(chunk)
+                sha256 = digest.hexdigest()
+            body.chunks = None
         elif self.fsync:
             _fsync_path(body.temp_path)
         try:
             os.replace(body.temp_path, final)
         except FileNotFoundError:  # the first file of its directory: make it, once
-            if not body.temp_path.exists():
+            if not os.path.exists(body.temp_path):
                 raise
-            final.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(body.temp_path, final)
         if self.fsync:
-            _fsync_path(final.parent)
+            _fsync_path(os.path.dirname(final))
         return sha256
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str) -> None:
     """Flush a file's (or a directory's) data and metadata to stable storage."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -238,13 +244,20 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _read_large_part_header(
-    head: bytes, temp_path: Path, keywords: Sequence[str]
-) -> dict[str, str]:
+def _read_small_part_header(chunks: list[bytes], keywords: Sequence[str]) -> dict[str, str]:
+    """Header of a small part: from its first chunk when that holds the whole header."""
+    first = chunks[0] if chunks else b""
+    if len(chunks) > 1 and PIXEL_DATA_TAG_LE in first:
+        with contextlib.suppress(InvalidDicomError):
+            return read_header_values(first, keywords)
+    return read_header_values(first if len(chunks) <= 1 else b"".join(chunks), keywords)
+
+
+def _read_large_part_header(head: bytes, temp_path: str, keywords: Sequence[str]) -> dict[str, str]:
     """Header of a part larger than the probe: from its head, else from the file."""
     if head[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
     if PIXEL_DATA_TAG_LE in head:
         with contextlib.suppress(InvalidDicomError):
             return read_header_values(head, keywords)
-    return read_header_values(temp_path, keywords)
+    return read_header_values(Path(temp_path), keywords)

@@ -70,6 +70,7 @@ class TempArea:
     def __init__(self, root: Path) -> None:
         self.base = state_dir(root) / "tmp"
         self.directory = self.base / f"{HOST}.{os.getpid()}.{next(_RUN_COUNTER)}"
+        self._prefix = f"{self.directory}{os.sep}"
 
     def prepare(self) -> int:
         """Create this process's directory; sweep those of dead runs; return files removed."""
@@ -94,9 +95,9 @@ class TempArea:
         self.directory.mkdir(exist_ok=True)
         return removed
 
-    def new_path(self) -> Path:
-        """A fresh temporary file name (a counter: no system randomness per file)."""
-        return self.directory / f"{next(_TEMP_COUNTER):x}.part"
+    def new_path(self) -> str:
+        """A fresh temporary file name (a counter: no system randomness, no ``pathlib``)."""
+        return f"{self._prefix}{next(_TEMP_COUNTER):x}.part"
 
     def remove(self) -> None:
         """Delete this process's directory and anything left in it (end of a run)."""
