@@ -2,17 +2,23 @@
 
 Usage::
 
-    python benchmarks/run_all.py [--scenarios S1,S2,S3,S4] [--runs 3] [--concurrency N]
-                                 [--sweep 1,2,4,8,16|none] [--quick]
+    python benchmarks/run_all.py [--scenarios S1,S2,S3,S4,A,A40,T] [--runs 3]
+                                 [--concurrency N] [--sweep 1,2,4,8,16|none] [--quick]
 
-For each data group it starts an Orthanc (``kheops_async.demo``) in a temporary directory,
-generates and uploads the data (one instance at a time), then runs each tool as a separate
-subprocess, ``--runs`` times, interleaved (curl, curl xargs -P N, dicomweb-client,
-kheops-async, then again). The output directory is emptied before every run; nothing else
-is dropped, and an untimed curl pass first warms the page cache for all tools alike.
-S3 goes through ``latency_proxy.py`` (20 ms each way). S2 and S3 also sweep kheops-async's
-``-j`` (and curl ``xargs -P`` at the same values). The parser micro-benchmark
-(``bench_parser.py``) runs first.
+First, cheap and always: the start-up of the installed ``kheops-async`` script
+(``--version`` and ``--help``, median of 7), and the parser micro-benchmark
+(``bench_parser.py``) on this library and on a baseline commit, interleaved.
+
+Then, for each data group, it starts an Orthanc (``kheops_async.demo``) in a temporary
+directory, generates and uploads the data (``datasets.py``), and runs each tool as a
+separate subprocess, ``--runs`` times, interleaved (curl, curl xargs -P N,
+dicomweb-client, the kheops-async command, the library under asyncio and under trio, then
+again). The output directory is emptied before every run; nothing else is dropped, and an
+untimed curl pass first warms the page cache for all tools alike. S3 and A40 go through
+``latency_proxy.py`` (20 ms each way). S2 and S3 also sweep the command's ``-j`` (and curl
+``xargs -P`` at the same values). T (50,000 tiny instances) measures CPU per instance and
+skips dicomweb-client (minutes a run). ``targets.py`` checks the results against the
+targets of issue 9.
 
 Writes ``benchmarks/out/results.json`` and ``benchmarks/out/results.md`` (``--out``).
 ``--quick`` shrinks the data (and defaults to one run, sweep 1,4): a smoke run.
@@ -24,6 +30,7 @@ import argparse
 import contextlib
 import datetime as dt
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -32,6 +39,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,25 +53,35 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from benchmarks.datasets import SCENARIOS, Case, DataGroup, groups_for, load_group  # noqa: E402
+from benchmarks.targets import evaluate_targets, tool_summary  # noqa: E402
 from benchmarks.tools import (  # noqa: E402
     TOOL_ENVIRONMENT,
     RunResult,
     Tool,
     clear_directory,
+    console_script,
     curl_parallel,
     curl_sequential,
     dicomweb_client,
     kheops_async,
     kheops_async_command,
+    library_runner,
     run_measured,
+    time_console_script,
 )
 from kheops_async import DEFAULT_CONCURRENCY  # noqa: E402
 from kheops_async.demo import OrthancServer, running_orthanc  # noqa: E402
 
 BENCH_DIR = REPO / "benchmarks"
 MB = 1e6
-RSS_TARGET_MB = 150.0
-PARSER_TARGET_MB_S = 1000.0
+BACKENDS = ("asyncio", "trio")
+"""The library runner's anyio backends, each measured in every case."""
+STARTUP_RUNS = 7
+PARSER_BASELINE = "525b3db48425601b2e598140fb660fd3c01f21a4"
+"""The library of the 2026-12-01 full run (RESULTS.md): "today" for the parser target."""
+PARSER_ROUNDS = 4
+"""Rounds of parser runs, this library and the baseline in turn (ABBA order), so that a
+change in the machine's speed during the session affects both alike."""
 
 # -- machine ------------------------------------------------------------------------------
 
@@ -106,6 +124,7 @@ def machine_description() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "httpx": _version("httpx"),
         "anyio": _version("anyio"),
+        "trio": _version("trio"),
         "pydicom": _version("pydicom"),
         "kheops-async": _version("kheops-async"),
         "dicomweb-client": _version("dicomweb-client"),
@@ -136,18 +155,38 @@ def snapshot_library(workdir: Path) -> dict[str, Any]:
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     TOOL_ENVIRONMENT["PYTHONPATH"] = str(target)
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
     return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "commit_subject": git("log", "-1", "--format=%s"),
-        "uncommitted_library_changes": git("status", "--porcelain", "--", "kheops_async"),
+        "commit": _git("rev-parse", "--short", "HEAD").decode().strip(),
+        "commit_subject": _git("log", "-1", "--format=%s").decode().strip(),
+        "uncommitted_library_changes": _git("status", "--porcelain", "--", "kheops_async").decode(),
     }
+
+
+def _git(*args: str) -> bytes:
+    """Output of a read-only git command in the repository (empty on failure)."""
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=False)
+    return done.stdout if done.returncode == 0 else b""
+
+
+def parser_trees(workdir: Path, baseline: str) -> dict[str, Path]:
+    """Trees to run ``bench_parser.py`` in: the library snapshot's, and ``baseline``'s.
+
+    ``bench_parser.py`` imports ``kheops_async`` from the directory above its own, so a
+    copy of it next to each library measures that library (the baseline's is extracted
+    with ``git archive``, the working tree and the index untouched). The baseline is left
+    out if git cannot produce it.
+    """
+    trees = {"current": workdir / "parser-current"}
+    shutil.copytree(workdir / "library" / "kheops_async", trees["current"] / "kheops_async")
+    archive = _git("archive", "--format=tar", baseline, "kheops_async")
+    if archive:
+        trees["baseline"] = workdir / "parser-baseline"
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(trees["baseline"], filter="data")
+    for root in trees.values():
+        (root / "benchmarks").mkdir(exist_ok=True)
+        shutil.copy2(BENCH_DIR / "bench_parser.py", root / "benchmarks")
+    return trees
 
 
 # -- the latency proxy ----------------------------------------------------------------------
@@ -219,7 +258,7 @@ class Bench:
         out_dir = self.workdir / "out" / tool.kind
         clear_directory(out_dir)
         argv = tool.argv(case, url, out_dir, self.workdir)
-        log = self.logs / f"{case.name}-{tool.kind}-{tool.concurrency}-run{run}.log"
+        log = self.logs / f"{case.name}-{tool.slug}-run{run}.log"
         loadavg = os.getloadavg()[0]
         wall, user, system, rss, code, others = run_measured(argv, log, timeout=self.args.timeout)
         files, size, ok, problem = tool.verify(case, out_dir)
@@ -240,7 +279,7 @@ class Bench:
             problem=problem,
             others_cpu_s=others,
             loadavg_1m=loadavg,
-            engine_mb_per_s=_engine_rate(log) if tool.kind == "ka" else 0.0,
+            engine_mb_per_s=_engine_rate(log) if tool.kind.startswith("ka") else 0.0,
         )
         mbps = case.payload_bytes / MB / max(wall, 1e-9)
         flag = "" if ok else f"  FAILED: {problem} (log {log})"
@@ -252,12 +291,16 @@ class Bench:
         clear_directory(out_dir)
         return result
 
+    def measure_all(self, tools: list[Tool], case: Case, url: str) -> list[RunResult]:
+        """``--runs`` rounds of every tool, interleaved (tool by tool, round by round)."""
+        return [
+            self.measure(tool, case, url, run)
+            for run in range(1, self.args.runs + 1)
+            for tool in tools
+        ]
+
     def run_case(self, case: Case, url: str, extra: dict[str, Any]) -> None:
-        concurrency = self.args.concurrency
-        tools = [curl_sequential()]
-        if len(case.series) > 1:
-            tools.append(curl_parallel(concurrency))
-        tools += [dicomweb_client(), kheops_async(concurrency)]
+        tools = tools_for(case, self.args.concurrency)
         print(
             f"{case.name}: {case.description}: {case.instances} instances, "
             f"{case.payload_bytes / MB:.1f} MB",
@@ -269,10 +312,7 @@ class Bench:
             self.measure(tool, case, url, 0)
         self.warmed_up = True
         load_before = os.getloadavg()
-        results: list[RunResult] = []
-        for run in range(1, self.args.runs + 1):
-            for tool in tools:
-                results.append(self.measure(tool, case, url, run))
+        results = self.measure_all(tools, case, url)
         self.runs += results
         self.cases[case.name] = {
             "description": case.description,
@@ -281,6 +321,7 @@ class Bench:
             "studies": len(case.studies),
             "payload_bytes": case.payload_bytes,
             "latency": case.latency,
+            "per_instance_cpu": case.per_instance_cpu,
             "loadavg_before": list(load_before),
             "loadavg_after": list(os.getloadavg()),
             "tools": {
@@ -296,10 +337,7 @@ class Bench:
         points: list[dict[str, Any]] = []
         for jobs in self.args.sweep:
             tools = [kheops_async(jobs), curl_parallel(jobs)]
-            results: list[RunResult] = []
-            for run in range(1, self.args.runs + 1):
-                for tool in tools:
-                    results.append(self.measure(tool, case, url, run))
+            results = self.measure_all(tools, case, url)
             self.sweep_runs += results
             ka = summarize(case, [r for r in results if r.tool == tools[0].name])
             curl = summarize(case, [r for r in results if r.tool == tools[1].name])
@@ -314,9 +352,30 @@ class Bench:
         self.cases[case.name]["sweep"] = points
 
 
+def tools_for(case: Case, concurrency: int) -> list[Tool]:
+    """The tools measured on ``case``: the baselines, the command, the library per backend."""
+    tools = [curl_sequential()]
+    if len(case.series) > 1:
+        tools.append(curl_parallel(concurrency))
+    if not case.per_instance_cpu:  # T: dicomweb-client would take minutes per run
+        tools.append(dicomweb_client())
+    tools.append(kheops_async(concurrency))
+    tools += [library_runner(concurrency, backend) for backend in BACKENDS]
+    return tools
+
+
 def _engine_rate(log: Path) -> float:
-    """The MB/s kheops-async reports itself ("... MB in 1.2s (87.6 MB/s)"), or 0."""
-    found = re.findall(r"MB in [\d.]+s \(([\d.]+) MB/s\)", log.read_text(errors="replace"))
+    """The MB/s kheops-async reports itself, from the latest run in ``log``, or 0.
+
+    The library runner's exact line ("engine: N bytes in S s") if there is one, else the
+    summary's rounded figure ("... MB in 1.2s (87.6 MB/s)", all the command prints).
+    """
+    text = log.read_text(errors="replace")
+    exact = re.findall(r"engine: (\d+) bytes in ([\d.]+) s", text)
+    if exact:
+        written, seconds = exact[-1]
+        return int(written) / MB / max(float(seconds), 1e-9)
+    found = re.findall(r"MB in [\d.]+s \(([\d.]+) MB/s\)", text)
     return float(found[-1]) if found else 0.0
 
 
@@ -333,6 +392,7 @@ def summarize(case: Case, results: list[RunResult]) -> dict[str, Any]:
         "mb_per_s": case.payload_bytes / MB / wall,
         "instances_per_s": case.instances / wall,
         "cpu_s": statistics.median(r.cpu_s for r in good),
+        "cpu_ms_per_instance": statistics.median(r.cpu_s for r in good) * 1000 / case.instances,
         "user_s": statistics.median(r.user_s for r in good),
         "sys_s": statistics.median(r.sys_s for r in good),
         "peak_rss_mb": max(r.max_rss_mb for r in results),
@@ -341,62 +401,6 @@ def summarize(case: Case, results: list[RunResult]) -> dict[str, Any]:
         "loadavg_1m": statistics.median(r.loadavg_1m for r in results),
         "engine_mb_per_s": statistics.median(r.engine_mb_per_s for r in good),
     }
-
-
-# -- targets --------------------------------------------------------------------------------
-
-
-def _tool(case: dict[str, Any], prefix: str) -> dict[str, Any] | None:
-    for name, summary in case["tools"].items():
-        if name.startswith(prefix):
-            return dict(summary)
-    return None
-
-
-def evaluate_targets(cases: dict[str, Any], parser: dict[str, Any] | None) -> list[dict[str, Any]]:
-    targets: list[dict[str, Any]] = []
-
-    def ratio(case: str, versus: str, goal: float, label: str) -> None:
-        if case not in cases:
-            return
-        ka, other = _tool(cases[case], "kheops-async"), _tool(cases[case], versus)
-        if ka is None or other is None:
-            return
-        value = ka["mb_per_s"] / other["mb_per_s"]
-        ok = value >= goal and ka["verified_runs"] == ka["runs"]
-        targets.append({"case": case, "target": label, "value": f"{value:.2f}x", "met": ok})
-
-    ratio("S1", "curl", 0.7, ">= 0.7 x curl (sequential, one request) throughput")
-    ratio("S2", "dicomweb-client", 3.0, ">= 3 x dicomweb-client throughput")
-    ratio("S3", "dicomweb-client", 10.0, ">= 10 x dicomweb-client throughput")
-    ratio("S3", "curl xargs", 0.8, ">= 0.8 x curl xargs -P N (same N) throughput")
-    for case in ("S4a", "S4b"):
-        if case in cases:
-            ka = _tool(cases[case], "kheops-async")
-            if ka is not None:
-                rss = ka["peak_rss_mb"]
-                what = cases[case]["description"]
-                targets.append(
-                    {
-                        "case": case,
-                        "target": f"peak RSS <= {RSS_TARGET_MB:.0f} MB ({what})",
-                        "value": f"{rss:.0f} MB",
-                        "met": rss <= RSS_TARGET_MB and ka["verified_runs"] == ka["runs"],
-                    }
-                )
-    if parser is not None:
-        for case in parser["cases"]:
-            if case["chunk_bytes"] == 64 * 1024:
-                value = case["median_mb_per_s"]
-                targets.append(
-                    {
-                        "case": "parser",
-                        "target": f">= 1 GB/s on 64 KB chunks: {case['name']}",
-                        "value": f"{value:.0f} MB/s",
-                        "met": value >= PARSER_TARGET_MB_S,
-                    }
-                )
-    return targets
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -409,22 +413,36 @@ def _num(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _table(title: str, columns: str, rows: list[str]) -> list[str]:
+    """A markdown table, under ``## title`` unless the title is empty.
+
+    ``columns`` names the columns, separated by ``|``; a trailing ``:`` right-aligns one.
+    """
+    names = [c.strip() for c in columns.split("|")]
+    header = "| " + " | ".join(n.rstrip(":") for n in names) + " |"
+    align = "|" + "|".join("---:" if n.endswith(":") else "---" for n in names) + "|"
+    return ["", *([f"## {title}", ""] if title else []), header, align, *rows]
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    """The machine, the versions, the library measured and the settings."""
     machine = report["machine"]
-    lines = [
+    library = report["library"]
+    return [
         "# kheops-async benchmarks",
         "",
         f"- Date: {machine['date']}",
         f"- CPU: {machine['cpu']}, {machine['logical_cpus']} logical CPUs; "
         f"RAM {machine['ram_gb']} GB; Linux {machine['kernel']}",
         f"- {machine['python']}; httpx {machine['httpx']}; anyio {machine['anyio']}; "
-        f"pydicom {machine['pydicom']}; dicomweb-client {machine['dicomweb-client']} "
-        f"(requests {machine['requests']}); {machine['curl']}",
+        f"trio {machine.get('trio', '?')}; pydicom {machine['pydicom']}; dicomweb-client "
+        f"{machine['dicomweb-client']} (requests {machine['requests']}); {machine['curl']}",
         f"- Orthanc {report.get('orthanc', {}).get('orthanc', '?')}, DICOMweb plugin "
         f"{report.get('orthanc', {}).get('dicomweb_plugin', '?')} (own process, loopback)",
-        f"- kheops-async run as: `{report['kheops_async_command']}`; library at commit "
-        f"{report['library']['commit']} ({report['library']['commit_subject']})"
-        + (", with uncommitted changes" if report["library"]["uncommitted_library_changes"] else "")
+        f"- kheops-async run as: `{report['kheops_async_command']}`, and as "
+        "`ka_library_runner.py --backend asyncio|trio` (the library alone); library at "
+        f"commit {library['commit']} ({library['commit_subject']})"
+        + (", with uncommitted changes" if library["uncommitted_library_changes"] else "")
         + " (a copy taken at the start, so edits during the run do not mix versions)",
         f"- Runs per figure: {report['settings']['runs']} (median wall; peak RSS = max over "
         f"runs); concurrency N = {report['settings']['concurrency']}; "
@@ -432,6 +450,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "- Load average (1/5/15 min) at start: "
         + " / ".join(f"{v:.2f}" for v in machine["loadavg_at_start"])
         + f"; at end: {' / '.join(f'{v:.2f}' for v in report['loadavg_at_end'])}",
+        f"- Total time: {report.get('total_seconds', 0):.0f} s",
         "",
         "MB = 10^6 bytes of DICOM Part-10 payload (the same numerator for every tool). "
         "Wall time includes process start-up. CPU = user + sys of the tool's process tree "
@@ -439,20 +458,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         'the proxy, anything else running). "Engine MB/s" = kheops-async\'s own figure '
         "(bytes written / seconds from the start of download(), i.e. without interpreter "
         "start-up, imports and client set-up).",
-        "",
-        "| case | tool | wall s | MB/s | inst/s | CPU s | peak RSS MB | others CPU s | runs ok "
-        "| engine MB/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, case in report["cases"].items():
+
+
+def _results_table(cases: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, case in cases.items():
         for tool, s in case["tools"].items():
-            lines.append(
+            per_instance = s.get("cpu_ms_per_instance", s["cpu_s"] * 1000 / case["instances"])
+            rows.append(
                 f"| {name} | {tool} | {s['wall_s']:.2f} | {s['mb_per_s']:.1f} "
-                f"| {_num(s['instances_per_s'])} | {s['cpu_s']:.2f} | {s['peak_rss_mb']:.0f} "
-                f"| {s['others_cpu_s']:.2f} | {s['verified_runs']}/{s['runs']} "
+                f"| {_num(s['instances_per_s'])} | {s['cpu_s']:.2f} | {per_instance:.2f} "
+                f"| {s['peak_rss_mb']:.0f} | {s['others_cpu_s']:.2f} "
+                f"| {s['verified_runs']}/{s['runs']} "
                 f"| {_num(s['engine_mb_per_s']) if s['engine_mb_per_s'] else ''} |"
             )
-    lines += ["", "Cases:", ""]
+    columns = (
+        "case | tool | wall s: | MB/s: | inst/s: | CPU s: | CPU ms/inst: | peak RSS MB: "
+        "| others CPU s: | runs ok: | engine MB/s:"
+    )
+    return _table("", columns, rows)
+
+
+def _case_list(report: dict[str, Any]) -> list[str]:
+    """What each case downloads, and how long its data took to load."""
+    lines = ["", "Cases:", ""]
     for name, case in report["cases"].items():
         extra = ""
         if "round_trip" in case:
@@ -461,91 +491,213 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"; measured QIDO through the proxy: {rt['kept_alive_ms']:.0f} ms kept-alive, "
                 f"{rt['fresh_connection_ms']:.0f} ms on a fresh connection"
             )
+        if case.get("per_instance_cpu"):
+            extra += "; dicomweb-client not run (minutes per run at this size)"
         lines.append(
             f"- {name}: {case['description']} ({case['studies']} studies, {case['series']} "
             f"series, {case['instances']} instances, {case['payload_bytes'] / MB:.1f} MB){extra}"
         )
-    lines += ["", "## Ratios (kheops-async throughput / other tool's, same run)", ""]
-    lines += [
-        "| case | vs curl | vs curl xargs -P N | vs dicomweb-client |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, case in report["cases"].items():
-        ka = _tool(case, "kheops-async")
+    uploads = report.get("uploads", {})
+    if uploads:
+        lines += ["", "Data loading (generate and upload into Orthanc, untimed for the tools):", ""]
+        lines += [
+            f"- {group}: {u['instances']:,} instances in {u['seconds']:.1f} s"
+            for group, u in uploads.items()
+        ]
+    return lines
+
+
+def _ratios_table(cases: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, case in cases.items():
+        ka = tool_summary(case, "kheops-async")
         if ka is None:
             continue
         cells = []
-        for prefix in ("curl", "curl xargs", "dicomweb-client"):
-            other = _tool(case, prefix) if prefix != "curl" else case["tools"].get("curl")
+        for other_name in ("curl", "curl xargs", "dicomweb-client"):
+            other = tool_summary(case, other_name)
             cells.append(f"{ka['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets", "", "| case | target | value | met |", "|---|---|---:|---|"]
-    for target in report["targets"]:
-        met = "met" if target["met"] else "**missed**"
-        lines.append(f"| {target['case']} | {target['target']} | {target['value']} | {met} |")
-    sweeps = [(n, c["sweep"]) for n, c in report["cases"].items() if "sweep" in c]
-    if sweeps:
-        lines += [
-            "",
-            "## Concurrency sweep (kheops-async -j N vs curl xargs -P N)",
-            "",
-            "| case | N | kheops-async wall s | MB/s | CPU s | peak RSS MB | curl -P N wall s "
-            "| MB/s | ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, points in sweeps:
-            for p in points:
-                ka, curl = p["kheops_async"], p["curl_xargs"]
-                lines.append(
-                    f"| {name} | {p['jobs']} | {ka['wall_s']:.2f} | {ka['mb_per_s']:.1f} "
-                    f"| {ka['cpu_s']:.2f} | {ka['peak_rss_mb']:.0f} | {curl['wall_s']:.2f} "
-                    f"| {curl['mb_per_s']:.1f} | {p['ratio_vs_curl']:.2f} |"
-                )
-    parser = report.get("parser")
-    if parser:
-        lines += [
-            "",
-            f"## Multipart parser (bench_parser.py, median of {parser['runs']} runs)",
-            "",
-            "| case | body MB | chunk KiB | median MB/s | min | max |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for c in parser["cases"]:
-            lines.append(
-                f"| {c['name']} | {c['body_bytes'] / MB:.0f} | {c['chunk_bytes'] // 1024} "
-                f"| {c['median_mb_per_s']:.0f} | {min(c['runs_mb_per_s']):.0f} "
-                f"| {max(c['runs_mb_per_s']):.0f} |"
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return _table(
+        "Ratios (the kheops-async command's throughput / other tool's, same run)",
+        "case | vs curl: | vs curl xargs -P N: | vs dicomweb-client:",
+        rows,
+    )
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        f"| {t['case']} | {t['target']} | {t['value']} | "
+        + ("met |" if t["met"] else "**MISSED** |")
+        for t in targets
+    ]
+    met = sum(t["met"] for t in targets)
+    return _table(f"Targets ({met} of {len(targets)} met)", "case | target | measured: | met", rows)
+
+
+def _sweep_table(cases: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, case in cases.items():
+        for p in case.get("sweep", []):
+            ka, curl = p["kheops_async"], p["curl_xargs"]
+            rows.append(
+                f"| {name} | {p['jobs']} | {ka['wall_s']:.2f} | {ka['mb_per_s']:.1f} "
+                f"| {ka['cpu_s']:.2f} | {ka['peak_rss_mb']:.0f} | {curl['wall_s']:.2f} "
+                f"| {curl['mb_per_s']:.1f} | {p['ratio_vs_curl']:.2f} |"
             )
+    if not rows:
+        return []
+    return _table(
+        "Concurrency sweep (kheops-async -j N vs curl xargs -P N)",
+        "case | N: | kheops-async wall s: | MB/s: | CPU s: | peak RSS MB: "
+        "| curl -P N wall s: | MB/s: | ratio:",
+        rows,
+    )
+
+
+def _parser_table(parser: dict[str, Any] | None) -> list[str]:
+    if not parser:
+        return []
+    rows = []
+    for c in parser["cases"]:
+        reference = c.get("baseline_median_mb_per_s")
+        rows.append(
+            f"| {c['name']} | {c['body_bytes'] / MB:.0f} | {c['chunk_bytes'] // 1024} "
+            f"| {c['median_mb_per_s']:.0f} | {min(c['runs_mb_per_s']):.0f} "
+            f"| {max(c['runs_mb_per_s']):.0f} | {f'{reference:.0f}' if reference else '-'} |"
+        )
+    baseline = parser.get("baseline_commit", "")[:7] or "-"
+    return _table(
+        f"Multipart parser (bench_parser.py, median of {parser['runs']} runs; baseline: "
+        f"the parser at {baseline}, run interleaved with it)",
+        "case | body MB: | chunk KiB: | median MB/s: | min: | max: | baseline median MB/s:",
+        rows,
+    )
+
+
+def _startup_table(startup: dict[str, Any] | None) -> list[str]:
+    if not startup:
+        return []
+    rows = []
+    for option in ("--version", "--help"):
+        figures = startup.get(option, {})
+        runs = figures.get("runs_s")
+        if runs:
+            rows.append(
+                f"| kheops-async {option} | {figures['median_s']:.3f} | {min(runs):.3f} "
+                f"| {max(runs):.3f} | {len(runs)} |"
+            )
+        else:
+            rows.append(f"| kheops-async {option} | {figures.get('error', '-')} | | | |")
+    return _table(
+        f"Start-up of the installed script (`{startup.get('script', '?')}`, wall s)",
+        "command | median: | min: | max: | runs:",
+        rows,
+    )
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole results page: settings, every figure, the ratios and the targets."""
+    cases = report["cases"]
+    lines = [
+        *_header(report),
+        *_results_table(cases),
+        *_case_list(report),
+        *_ratios_table(cases),
+        *_targets_table(report["targets"]),
+        *_startup_table(report.get("startup")),
+        *_sweep_table(cases),
+        *_parser_table(report.get("parser")),
+    ]
     return "\n".join(lines) + "\n"
 
 
 # -- main -----------------------------------------------------------------------------------
 
 
-def run_parser_bench(out_dir: Path, runs: int, log: Path) -> dict[str, Any] | None:
-    target = out_dir / "parser.json"
-    print("parser micro-benchmark ...", flush=True)
+def _parser_once(tree: Path, runs: int, result: Path, log: Path) -> dict[str, Any] | None:
+    """One ``bench_parser.py`` run in ``tree`` (see :func:`parser_trees`), or None."""
+    result.unlink(missing_ok=True)
+    script = tree / "benchmarks" / "bench_parser.py"
     with log.open("ab") as sink:
         code = subprocess.run(
-            [
-                sys.executable,
-                str(BENCH_DIR / "bench_parser.py"),
-                "--json",
-                str(target),
-                "--runs",
-                str(runs),
-            ],
+            [sys.executable, str(script), "--json", str(result), "--runs", str(runs)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             check=False,
         ).returncode
-    if code != 0 or not target.exists():
-        print(f"  bench_parser.py failed (exit {code}, see {log})", flush=True)
+    if code != 0 or not result.exists():
+        print(f"  bench_parser.py in {tree} failed (exit {code}, see {log})", flush=True)
         return None
-    data: dict[str, Any] = json.loads(target.read_text())
-    for case in data["cases"]:
-        print(f"  {case['name']}: {case['median_mb_per_s']:.0f} MB/s", flush=True)
+    data: dict[str, Any] = json.loads(result.read_text())
     return data
+
+
+def _pooled_runs(results: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Every run's MB/s of each parser case, over several ``bench_parser.py`` results."""
+    pooled: dict[str, list[float]] = {}
+    for data in results:
+        for case in data["cases"]:
+            pooled.setdefault(case["name"], []).extend(case["runs_mb_per_s"])
+    return pooled
+
+
+def run_parser_bench(
+    trees: dict[str, Path], runs: int, out_dir: Path, log: Path, baseline: str
+) -> dict[str, Any] | None:
+    """The parser on this library and on the baseline, :data:`PARSER_ROUNDS` rounds each.
+
+    Returns the first result with every case's runs pooled over the rounds and its
+    median recomputed, plus the baseline's pooled runs and median
+    (``baseline_median_mb_per_s``); without a baseline, or if it fails, only this
+    library's figures. None if this library's runs fail.
+    """
+    print(f"parser micro-benchmark (and the baseline, {baseline[:7]}) ...", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for round_number in range(PARSER_ROUNDS):
+        order = list(trees.items())
+        for name, tree in order if round_number % 2 == 0 else reversed(order):
+            data = _parser_once(tree, runs, out_dir / f"parser-{name}.json", log)
+            if data is None and name == "current":
+                return None
+            if data is not None:
+                results[name].append(data)
+    report = results["current"][0]
+    report["runs"] = runs * PARSER_ROUNDS
+    current = _pooled_runs(results["current"])
+    reference = _pooled_runs(results["baseline"]) if results.get("baseline") else {}
+    report["baseline_commit"] = baseline if reference else ""
+    for case in report["cases"]:
+        case["runs_mb_per_s"] = current[case["name"]]
+        case["median_mb_per_s"] = statistics.median(case["runs_mb_per_s"])
+        if case["name"] in reference:
+            case["baseline_runs_mb_per_s"] = reference[case["name"]]
+            case["baseline_median_mb_per_s"] = statistics.median(reference[case["name"]])
+        print(
+            f"  {case['name']}: {case['median_mb_per_s']:.0f} MB/s "
+            f"(baseline {case.get('baseline_median_mb_per_s', 0):.0f})",
+            flush=True,
+        )
+    return report
+
+
+def measure_startup(log_dir: Path) -> dict[str, Any]:
+    """Median wall time of ``kheops-async --version`` and ``--help`` (installed script)."""
+    script = console_script()
+    startup: dict[str, Any] = {"script": str(script)}
+    print(f"start-up of {script} ...", flush=True)
+    for option in ("--version", "--help"):
+        if not script.exists():
+            startup[option] = {"error": "not installed"}
+            continue
+        try:
+            runs = time_console_script(option, STARTUP_RUNS, log_dir / f"startup{option}.log")
+        except RuntimeError as exc:
+            startup[option] = {"error": str(exc)}
+            continue
+        startup[option] = {"median_s": statistics.median(runs), "runs_s": runs}
+        print(f"  {option}: {startup[option]['median_s']:.3f} s", flush=True)
+    return startup
 
 
 def check_disk(path: Path, group: DataGroup) -> None:
@@ -577,6 +729,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=20.0, help="S3 one-way delay (20)")
     parser.add_argument("--parser-runs", type=int, help="bench_parser.py runs (5, quick 3)")
     parser.add_argument("--no-parser", action="store_true", help="skip bench_parser.py")
+    parser.add_argument(
+        "--parser-baseline",
+        default=PARSER_BASELINE,
+        metavar="REV",
+        help=f"commit whose parser is 'today' (default {PARSER_BASELINE[:7]})",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per tool run")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out")
     parser.add_argument(
@@ -596,6 +754,45 @@ def parse_args() -> argparse.Namespace:
     sweep = args.sweep or ("1,4" if args.quick else "1,2,4,8,16")
     args.sweep = [] if sweep == "none" else [int(v) for v in sweep.split(",")]
     return args
+
+
+def run_groups(
+    bench: Bench, groups: list[DataGroup], report: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Load each data group into its own Orthanc and measure its cases; the upload times."""
+    uploads: dict[str, dict[str, float]] = {}
+    for group in groups:
+        check_disk(bench.args.tmp, group)
+        orthanc_dir = bench.workdir / f"orthanc-{group.name}"
+        with running_orthanc(orthanc_dir) as server:
+            report["orthanc"] = orthanc_versions(server)
+            print(f"loading data group {group.name} into Orthanc ...", flush=True)
+            loaded = load_group(server, group)
+            print(
+                f"  {loaded.instances} instances uploaded in {loaded.upload_seconds:.1f} s",
+                flush=True,
+            )
+            uploads[group.name] = {
+                "instances": loaded.instances,
+                "seconds": loaded.upload_seconds,
+            }
+            for name in group.cases:
+                run_loaded_case(bench, server, loaded.case(name))
+        shutil.rmtree(orthanc_dir, ignore_errors=True)
+    return uploads
+
+
+def run_loaded_case(bench: Bench, server: OrthancServer, case: Case) -> None:
+    """Measure ``case`` on ``server``: straight, or through the latency proxy."""
+    if not case.latency:
+        bench.run_case(case, server.dicomweb_url, {})
+        return
+    log = bench.logs / "proxy.log"
+    with latency_proxy(server.port, bench.args.delay_ms, log) as port:
+        url = f"http://127.0.0.1:{port}/dicom-web"
+        extra = {"round_trip": probe_round_trip(url)}
+        print(f"  proxy round trip: {extra['round_trip']}", flush=True)
+        bench.run_case(case, url, extra)
 
 
 def main() -> None:
@@ -631,33 +828,17 @@ def main() -> None:
     }
     bench = Bench(args, workdir)
     try:
+        report["startup"] = measure_startup(bench.logs)
         parser = None
         if not args.no_parser:
-            parser = run_parser_bench(args.out, args.parser_runs, bench.logs / "parser.log")
+            trees = parser_trees(workdir, args.parser_baseline)
+            parser = run_parser_bench(
+                trees, args.parser_runs, args.out, bench.logs / "parser.log", args.parser_baseline
+            )
             report["parser"] = parser
-        for group in groups:
-            check_disk(args.tmp, group)
-            orthanc_dir = workdir / f"orthanc-{group.name}"
-            with running_orthanc(orthanc_dir) as server:
-                report["orthanc"] = orthanc_versions(server)
-                print(f"loading data group {group.name} into Orthanc ...", flush=True)
-                loaded = load_group(server, group)
-                print(f"  uploaded in {loaded.upload_seconds:.1f} s", flush=True)
-                for name in group.cases:
-                    case = loaded.case(name)
-                    if case.latency:
-                        with latency_proxy(
-                            server.port, args.delay_ms, bench.logs / "proxy.log"
-                        ) as port:
-                            url = f"http://127.0.0.1:{port}/dicom-web"
-                            extra = {"round_trip": probe_round_trip(url)}
-                            print(f"  proxy round trip: {extra['round_trip']}", flush=True)
-                            bench.run_case(case, url, extra)
-                    else:
-                        bench.run_case(case, server.dicomweb_url, {})
-            shutil.rmtree(orthanc_dir, ignore_errors=True)
+        report["uploads"] = run_groups(bench, groups, report)
         report["cases"] = bench.cases
-        report["targets"] = evaluate_targets(bench.cases, parser)
+        report["targets"] = evaluate_targets(bench.cases, parser, report["startup"])
         report["loadavg_at_end"] = list(os.getloadavg())
         report["total_seconds"] = time.monotonic() - started
         report["runs"] = [asdict(r) for r in bench.runs]

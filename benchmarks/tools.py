@@ -16,6 +16,11 @@ Tools:
 * ``kheops-async -j N``: the ``kheops-async download studies`` command, or, while that
   command does not exist yet, ``benchmarks/ka_library_runner.py`` (the library's
   ``download()``, same arguments).
+* ``library asyncio -j N`` and ``library trio -j N``: ``benchmarks/ka_library_runner.py``
+  under each anyio backend: the engine without the command line around it.
+
+:func:`time_console_script` times the installed ``kheops-async`` script's start-up
+(``--version``, ``--help``) the same way.
 """
 
 from __future__ import annotations
@@ -39,13 +44,17 @@ __all__ = [
     "ACCEPT",
     "RunResult",
     "Tool",
+    "clear_directory",
+    "console_script",
     "cpu_busy_seconds",
     "curl_parallel",
     "curl_sequential",
     "dicomweb_client",
     "kheops_async",
     "kheops_async_command",
+    "library_runner",
     "run_measured",
+    "time_console_script",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -87,10 +96,17 @@ class Tool:
     """A way of downloading a case into a directory, and how to check what it wrote."""
 
     name: str
-    kind: str  # "curl-seq", "curl-par", "dwc", "ka"
+    kind: str  # "curl-seq", "curl-par", "dwc", "ka" (the command), "ka-lib" (the library)
     concurrency: int = 1
     command_label: str = ""
     notes: list[str] = field(default_factory=list)
+    backend: str = ""  # "ka-lib": the anyio backend
+
+    @property
+    def slug(self) -> str:
+        """Unique among the tools of a case: names its log files."""
+        backend = f"-{self.backend}" if self.backend else ""
+        return f"{self.kind}{backend}-{self.concurrency}"
 
     def argv(self, case: Case, url: str, out_dir: Path, workdir: Path) -> list[str]:
         """The command line of one run (writing any file it needs into ``workdir``)."""
@@ -131,13 +147,11 @@ class Tool:
             studies = ["--all"] if case.whole_archive else case.studies
             return [sys.executable, str(runner), "--url", url, "--out-dir", str(out_dir), *studies]
         if self.kind == "ka":
-            command = kheops_async_command()
-            argv = [*command, "--url", url, "--out-dir", str(out_dir), "-j", str(self.concurrency)]
-            if case.whole_archive:
-                return argv  # no study given: the CLI downloads every study the server has
-            if command[0].endswith("kheops-async"):
-                return argv + [arg for uid in case.studies for arg in ("-x", uid)]
-            return argv + case.studies
+            return _kheops_async_argv(kheops_async_command(), case, url, out_dir, self.concurrency)
+        if self.kind == "ka-lib":
+            runner = [sys.executable, str(BENCH_DIR / "ka_library_runner.py")]
+            runner += ["--backend", self.backend]
+            return _kheops_async_argv(runner, case, url, out_dir, self.concurrency)
         raise ValueError(f"unknown tool kind {self.kind!r}")
 
     def verify(self, case: Case, out_dir: Path) -> tuple[int, int, bool, str]:
@@ -159,9 +173,21 @@ class Tool:
             return files, total, True, ""
         if files != case.instances:
             return files, total, False, f"{files} files, expected {case.instances}"
-        if self.kind == "ka" and total != case.payload_bytes:
+        if self.kind.startswith("ka") and total != case.payload_bytes:
             return files, total, False, f"{total} bytes, expected {case.payload_bytes}"
         return files, total, True, ""
+
+
+def _kheops_async_argv(
+    command: list[str], case: Case, url: str, out_dir: Path, concurrency: int
+) -> list[str]:
+    """``command`` (the CLI or the library runner) given the case's studies."""
+    argv = [*command, "--url", url, "--out-dir", str(out_dir), "-j", str(concurrency)]
+    if case.whole_archive:
+        return argv  # no study given: every study the server has
+    if command[0].endswith("kheops-async"):
+        return argv + [arg for uid in case.studies for arg in ("-x", uid)]
+    return argv + case.studies
 
 
 def _series_url(base: str, study_uid: str, series_uid: str) -> str:
@@ -178,7 +204,7 @@ def kheops_async_command() -> list[str]:
     override = os.environ.get("KHEOPS_ASYNC_BENCH_COMMAND")
     if override:
         return shlex.split(override)
-    script = Path(sys.executable).parent / "kheops-async"
+    script = console_script()
     if script.exists():
         command = [str(script), "download", "studies"]
         check = subprocess.run(
@@ -213,6 +239,40 @@ def kheops_async(concurrency: int) -> Tool:
     else:
         label = " ".join(Path(arg).name for arg in command)
     return Tool(f"kheops-async -j {concurrency}", "ka", concurrency, label)
+
+
+def library_runner(concurrency: int, backend: str) -> Tool:
+    """``ka_library_runner.py`` under the anyio ``backend``: the library alone."""
+    return Tool(
+        f"library {backend} -j {concurrency}",
+        "ka-lib",
+        concurrency,
+        f"ka_library_runner.py --backend {backend}: download() alone",
+        backend=backend,
+    )
+
+
+def console_script() -> Path:
+    """The installed ``kheops-async`` script: next to this interpreter (``.venv/bin``)."""
+    return Path(sys.executable).parent / "kheops-async"
+
+
+def time_console_script(option: str, runs: int, log_path: Path) -> list[float]:
+    """Wall seconds of ``kheops-async OPTION``, ``runs`` times after one untimed run.
+
+    Measured as the other tools are (``spawn_measured.py``, the library snapshot on
+    ``PYTHONPATH``); the untimed run writes the bytecode cache. A run that fails raises.
+    """
+    walls = []
+    for run in range(runs + 1):
+        wall, _, _, _, code, _ = run_measured(
+            [str(console_script()), option], log_path, timeout=60.0
+        )
+        if code != 0:
+            raise RuntimeError(f"kheops-async {option} exited with {code} (see {log_path})")
+        if run:
+            walls.append(wall)
+    return walls
 
 
 def cpu_busy_seconds() -> float:
