@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
@@ -34,6 +34,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from kheops_async.errors import InvalidDicomError
+from kheops_async.headerscan import scan_explicit_le
 
 __all__ = [
     "MIN_PART10_SIZE",
@@ -73,6 +74,10 @@ def read_header_values(source: bytes | Path, keywords: Iterable[str]) -> dict[st
     lacks a SOPInstanceUID.
     """
     pairs, last = _header_tags(tuple(keywords))
+    if isinstance(source, bytes | bytearray):
+        fast = _read_explicit_le(bytes(source), pairs, last)
+        if fast is not None:
+            return fast
     try:
         with (
             io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")
@@ -91,7 +96,32 @@ def read_header_values(source: bytes | Path, keywords: Iterable[str]) -> dict[st
     return values
 
 
-Element = RawDataElement | DataElement
+class _ScannedElement(NamedTuple):
+    """A value found by the fast scan, shaped like pydicom's raw element for decoding."""
+
+    VR: str
+    value: bytes
+
+
+Element = RawDataElement | DataElement | _ScannedElement
+
+
+@lru_cache(maxsize=64)
+def _wanted_ints(pairs: tuple[tuple[str, BaseTag], ...]) -> frozenset[int]:
+    return frozenset(int(tag) for _, tag in pairs) | {int(_CHARACTER_SET_TAG)}
+
+
+def _read_explicit_le(
+    data: bytes, pairs: tuple[tuple[str, BaseTag], ...], last: BaseTag
+) -> dict[str, str] | None:
+    """The values by the fast scan (:mod:`kheops_async.headerscan`), or ``None``."""
+    raw = scan_explicit_le(data, _wanted_ints(pairs), int(last))
+    if raw is None:
+        return None
+    elements = {tag: _ScannedElement(vr, value) for tag, (vr, value) in raw.items()}
+    encodings = _encodings(elements.get(int(_CHARACTER_SET_TAG)))
+    values = {keyword: _value_text(elements.get(int(tag)), encodings) for keyword, tag in pairs}
+    return values if values.get("SOPInstanceUID") else None
 
 
 def _read_wanted_elements(
