@@ -3,12 +3,14 @@
 :class:`InstanceRecord` is one row of kheops-client's ``downloaded_*_instances``
 tables (streamed as instances finish); :class:`DownloadReport` the totals of a run;
 :class:`DownloadProgress` the live view a command line or a service polls (or
-receives through a callback).
+receives through a callback): totals, the series in flight and a byte-based ETA.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,11 +18,13 @@ from pathlib import Path
 
 __all__ = [
     "MAX_KEPT_FAILURES",
+    "MAX_TRACKED_SERIES",
     "DownloadProgress",
     "DownloadReport",
     "InstanceRecord",
     "InstanceStatus",
     "ProgressCallback",
+    "SeriesActivity",
     "SeriesFailure",
 ]
 
@@ -143,10 +147,34 @@ class DownloadReport:
 
 ProgressCallback = Callable[["DownloadProgress"], None]
 
+MAX_TRACKED_SERIES = 256
+"""Series whose activity a :class:`DownloadProgress` keeps, the most recently active:
+more than any concurrency a display shows, and a constant memory whatever the archive."""
+
+
+@dataclass
+class SeriesActivity:
+    """What one series has done so far in this run, as its instances are recorded."""
+
+    study_uid: str
+    series_uid: str
+    order: int
+    """When the series was first seen (0, 1, 2, ...): keeps displayed lines in place."""
+    done: int = 0
+    """Instances done (written, skipped, planned, metadata saved)."""
+    written: int = 0
+    bytes_written: int = 0
+    """Bytes of the instances written (their file sizes)."""
+
 
 @dataclass
 class DownloadProgress:
-    """Live counters of a run; safe to read at any time from the same event loop."""
+    """Live counters of a run; safe to read at any time from the same event loop.
+
+    Besides the totals it keeps the activity of the series seen lately (bounded by
+    :data:`MAX_TRACKED_SERIES`, updated in constant time per instance), from which
+    :meth:`series_in_flight` and the byte-based :meth:`eta` are estimated.
+    """
 
     series_total: int = 0
     series_done: int = 0
@@ -154,14 +182,90 @@ class DownloadProgress:
     instances_done: int = 0
     instances_expected: int = 0
     bytes_done: int = 0
+    """Body bytes received from the network."""
     failures: int = 0
     started: float = field(default_factory=time.monotonic)
     callback: ProgressCallback | None = None
+    bytes_written: int = 0
+    """Bytes of the instances written (their file sizes)."""
+    recent: OrderedDict[str, SeriesActivity] = field(default_factory=OrderedDict, repr=False)
+    """The series seen lately by SeriesInstanceUID, the most recently active last."""
+    series_seen: int = 0
+    """Series that have had an instance done so far."""
 
     def notify(self) -> None:
         """Tell the callback, if any, that the counters changed."""
         if self.callback is not None:
             self.callback(self)
+
+    def count_instance(self, record: InstanceRecord) -> None:
+        """Count one instance done (any status but failed), in O(1): totals and its series."""
+        self.instances_done += 1
+        recent = self.recent
+        activity = recent.get(record.series_uid)
+        if activity is None:
+            activity = SeriesActivity(record.study_uid, record.series_uid, self.series_seen)
+            self.series_seen += 1
+            recent[record.series_uid] = activity
+            if len(recent) > MAX_TRACKED_SERIES:
+                recent.popitem(last=False)
+        else:
+            recent.move_to_end(record.series_uid)
+        activity.done += 1
+        if record.status is InstanceStatus.WRITTEN:
+            size = record.file_size or 0
+            activity.written += 1
+            activity.bytes_written += size
+            self.bytes_written += size
+
+    def series_ended(self, series_uid: str) -> None:
+        """A series is known to be over (it failed): it is no longer in flight."""
+        self.recent.pop(series_uid, None)
+
+    def series_in_flight(self, concurrency: int | None = None) -> list[SeriesActivity]:
+        """The series being worked on, as far as the records tell, in the order they started.
+
+        The most recently active series, as many as are planned and not done (and at
+        most ``concurrency``). Instance records do not say when a complete series is
+        over, so one that just finished may stay until another series records an
+        instance; a series that failed leaves at once.
+        """
+        count = min(len(self.recent), self.series_total - self.series_done)
+        if concurrency is not None:
+            count = min(count, concurrency)
+        if count <= 0:
+            return []
+        latest = itertools.islice(reversed(self.recent.values()), count)
+        return sorted(latest, key=lambda activity: activity.order)
+
+    def bytes_left(self, concurrency: int | None = None) -> float | None:
+        """The bytes still to come, estimated; ``None`` while they cannot be.
+
+        The instances still expected, at the mean size of the instances written by the
+        series in flight, less what has already arrived of the parts in flight. Unknown
+        until planning is complete and a series in flight has written an instance: a
+        count of instances says nothing of their size.
+        """
+        if not self.planning_done or not self.instances_expected:
+            return None
+        flying = [a for a in self.series_in_flight(concurrency) if a.written]
+        if not flying:
+            return None
+        per_instance = sum(a.bytes_written for a in flying) / sum(a.written for a in flying)
+        instances_left = max(0, self.instances_expected - self.instances_done)
+        arrived = min(max(0, self.bytes_done - self.bytes_written), len(flying) * per_instance)
+        return max(0.0, instances_left * per_instance - arrived)
+
+    def eta(self, rate: float | None = None, concurrency: int | None = None) -> float | None:
+        """Seconds left: :meth:`bytes_left` at ``rate`` bytes/s (default: the average so far).
+
+        ``None`` when the bytes left are unknown or nothing is arriving.
+        """
+        left = self.bytes_left(concurrency)
+        speed = self.bytes_per_second if rate is None else rate
+        if left is None or speed <= 0:
+            return None
+        return left / speed
 
     @property
     def elapsed(self) -> float:
@@ -176,8 +280,5 @@ class DownloadProgress:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left, from the instance rate, once planning is complete."""
-        if not self.planning_done or self.instances_done == 0 or self.instances_expected == 0:
-            return None
-        rate = self.instances_done / max(self.elapsed, 1e-6)
-        return max(0.0, (self.instances_expected - self.instances_done) / rate)
+        """Seconds left at the average rate so far (see :meth:`eta`); ``None`` if unknown."""
+        return self.eta()

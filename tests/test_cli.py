@@ -18,7 +18,6 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import anyio
 import pydicom
 import pytest
 from click.testing import CliRunner, Result
@@ -29,7 +28,6 @@ from kheops_async.auth import Redactor
 from kheops_async.cli import ExitCode, main
 from kheops_async.cli.exit_codes import exit_code_for, primary_error
 from kheops_async.cli.logging_setup import configured_logging
-from kheops_async.cli.progress import ProgressDisplay
 from kheops_async.cli.runner import report_error
 from kheops_async.cli.selection import split_filters
 from kheops_async.demo import OrthancDataset, OrthancServer, SampleInstance
@@ -41,7 +39,6 @@ from kheops_async.errors import (
     ProtocolError,
     TransportError,
 )
-from kheops_async.report import DownloadProgress
 
 # Variables the CLI reads: cleared for every run, so the developer's shell cannot leak in.
 CLEAN_ENV: dict[str, str | None] = {
@@ -1408,42 +1405,3 @@ def test_logging_redacts_every_record_and_restores_levels() -> None:
     assert "/link/***/studies" in text and "Traceback" in text
     assert (httpx_logger.level, logging.getLogger("kheops_async").level) == before
     assert not any(h for h in httpx_logger.handlers if h.stream is stream)  # type: ignore[attr-defined]
-
-
-def test_live_progress_line_and_log_records_do_not_mix() -> None:
-    stream = io.StringIO()
-    progress = DownloadProgress(
-        series_total=4,
-        series_done=1,
-        planning_done=True,
-        instances_expected=8,
-        instances_done=2,
-        bytes_done=2_000_000,
-    )
-    display = ProgressDisplay(progress, stream, live=True)
-    with configured_logging(0, quiet=False, redactor=Redactor(), stream=stream) as handler:
-        handler.live = display
-        display.redraw()
-        logging.getLogger("kheops_async").warning("something happened")
-        display.finish()
-    text = stream.getvalue()
-    assert text.startswith("\r\x1b[K1/4 series, 2/8 instances, 2.0 MB, ")
-    assert "\r\x1b[Kwarning: something happened\n\r\x1b[K1/4 series" in text
-    assert text.endswith("\r\x1b[K")  # finish() leaves a clean line for the summary
-
-
-@pytest.mark.anyio
-async def test_progress_refreshes_four_times_a_second_and_logs_on_a_timer() -> None:
-    live_stream, log_stream = io.StringIO(), io.StringIO()
-    progress = DownloadProgress()
-    live = ProgressDisplay(progress, live_stream, live=True)
-    plain = ProgressDisplay(DownloadProgress(), log_stream, live=False, interval=0.2)
-    async with anyio.create_task_group() as group:
-        group.start_soon(live.run)
-        group.start_soon(plain.run)
-        await anyio.sleep(0.9)
-        group.cancel_scope.cancel()
-    assert 3 <= live_stream.getvalue().count("\r\x1b[K") <= 6
-    lines = log_stream.getvalue().splitlines()
-    assert 3 <= len(lines) <= 5
-    assert all(line.startswith("progress: 0/? series, 0/? instances") for line in lines)

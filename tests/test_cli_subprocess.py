@@ -1,18 +1,24 @@
 """``python -m kheops_async`` as a real process: exit statuses, stderr, progress, signals.
 
 CliRunner (tests/test_cli.py) covers the options; these runs prove what only a real
-process shows: the console entry point, stderr that is not a terminal, a token passed
-through the environment, and Ctrl-C (SIGINT) ending with 130 and no partial files.
+process shows: the console entry point, stderr that is not a terminal (and one that
+is: a pseudo-terminal, resized while the live display runs), a token passed through
+the environment, and Ctrl-C (SIGINT) ending with 130 and no partial files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -28,11 +34,16 @@ TOKEN = "subprocess-TOKEN-93b1c07e"
 TIMEOUT = 60
 
 
+def command(*args: str) -> list[str]:
+    """``python -m kheops_async ARGS``."""
+    return [sys.executable, "-m", "kheops_async", *args]
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m kheops_async ARGS`` with a clean environment (plus ``env``)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KHEOPS_", "ACCESS_"))}
     return subprocess.run(
-        [sys.executable, "-m", "kheops_async", *args],
+        command(*args),
         env={**clean, **(env or {})},
         capture_output=True,
         text=True,
@@ -131,19 +142,9 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     with FakeDicomWebServer(archive) as server:
         server.add_fault("/studies/1.2.6.1/series/1.2.6.1.1", Delay(20.0), times=5)
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kheops_async",
-                "download",
-                "series",
-                "--url",
-                server.base_url,
-                "-o",
-                str(tmp_path),
-                "-x",
-                "1.2.6.1",
-            ],
+            command(
+                "download", "series", "--url", server.base_url, "-o", f"{tmp_path}", "-x", "1.2.6.1"
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -212,6 +213,7 @@ _IMPORTS_AFTER = """
 import atexit, sys
 def _report():
     heavy = ("httpx", "httpcore", "anyio", "tenacity", "pydicom", "numpy", "sqlite3", "PIL")
+    heavy += ("rich", "pygments")
     print("LOADED=" + ",".join(m for m in heavy if sys.modules.get(m)), file=sys.stderr)
 atexit.register(_report)
 sys.argv = ["kheops-async", *sys.argv[1:]]
@@ -255,3 +257,96 @@ def test_a_download_never_imports_numpy_or_pillow(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, result.stderr
     assert "pydicom" in loaded and "numpy" not in loaded and "PIL" not in loaded
+    assert "rich" not in loaded and "pygments" not in loaded  # no terminal: no display drawn
+
+
+# --------------------------------------------------------------------------- a terminal
+
+_CURSOR_MOVE = re.compile(r"\x1b\[[0-9;]*[ABCDGHJK]|\r")  # a redraw starts a new line
+_STYLE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _set_size(fd: int, rows: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+def _screen_lines(raw: bytes) -> list[str]:
+    """The lines drawn on the terminal: cut where the cursor moves, styles removed."""
+    text = _CURSOR_MOVE.sub("\n", raw.decode("utf-8", "replace"))
+    return _STYLE.sub("", text).split("\n")
+
+
+def _percentages(raw: bytes) -> list[int]:
+    """The percentages of the bars drawn, in order."""
+    text = "\n".join(_screen_lines(raw))
+    return [int(m) for m in re.findall(r"(\d+)%  \d+/\d+ instances", text)]
+
+
+def test_live_display_in_a_terminal_grows_and_fits_after_a_resize(tmp_path: Path) -> None:
+    """The real command in a pseudo-terminal, through a slow link (each series answers
+    after 0.5 s): the percentage grows between two captures, no line is wider than the
+    terminal, and after a resize to 60 columns the display is drawn at 60."""
+    archive = FakeArchive()
+    series = [f"1.2.7.1.{n}" for n in range(1, 7)]
+    for uid in series:
+        for n in range(3):
+            archive.add_part10(make_instance("1.2.7.1", uid, f"{uid}.{n}", size=8_000))
+    with FakeDicomWebServer(archive, chunk_size=2048) as server:
+        for uid in series:
+            server.add_fault(f"/series/{uid}", Delay(0.5))
+        master, terminal = pty.openpty()
+        _set_size(terminal, 24, 80)
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        process = subprocess.Popen(
+            command(
+                "download",
+                "series",
+                "--url",
+                server.base_url,
+                "-o",
+                f"{tmp_path}",
+                "-x",
+                "1.2.7.1",
+                "-j",
+                "2",
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env={**env, "TERM": "xterm-256color"},
+        )
+        os.close(terminal)
+        raw, first, resized_at = b"", None, None
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if ready:
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:  # the process closed the terminal
+                        break
+                    if not chunk:
+                        break
+                    raw += chunk
+                if first is None and _percentages(raw):
+                    first = _percentages(raw)[0]
+                    _set_size(master, 24, 60)
+                    resized_at = len(raw)
+            process.wait(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(master)
+    assert process.returncode == 0, raw.decode(errors="replace")
+    assert first is not None and resized_at is not None, raw.decode(errors="replace")
+    later = _percentages(raw[resized_at:])
+    assert later and max(later) > first  # the percentage grew between the two captures
+    display, summary = raw.split(b"done: ", 1)
+    lines = _screen_lines(display)
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    bars = [line for line in _screen_lines(display[resized_at:]) if " instances " in line]
+    assert bars and len(bars[-1]) <= 60  # the last frame was drawn at the new width
+    assert summary.startswith(b"6/6 series, 18 written")
+    assert "Traceback" not in raw.decode(errors="replace")

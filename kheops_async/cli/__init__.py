@@ -7,8 +7,14 @@ Modules, one job each:
 - :mod:`~kheops_async.cli.settings`: option values as settings; the client they make.
 - :mod:`~kheops_async.cli.selection`: UIDs and filters; the QIDO expansion for ``list``.
 - :mod:`~kheops_async.cli.listing` / :mod:`~kheops_async.cli.downloading`: the commands' work.
-- :mod:`~kheops_async.cli.tables`: table building, CSV/JSON/terminal rendering, files.
-- :mod:`~kheops_async.cli.progress`: live progress on stderr.
+- :mod:`~kheops_async.cli.tables`: table building, CSV/JSON, files.
+- :mod:`~kheops_async.cli.table_view`: tables on stdout for people (rich, lazily imported).
+- :mod:`~kheops_async.cli.progress`: download progress on stderr (live, or plain lines).
+- :mod:`~kheops_async.cli.snapshot`: what the progress display shows at one moment.
+- :mod:`~kheops_async.cli.live_view`: the live display on a terminal (rich, lazily imported).
+- :mod:`~kheops_async.cli.summary`: the lines at the end of a download.
+- :mod:`~kheops_async.cli.humanize`: sizes, durations, shortened UIDs, server text as data.
+- :mod:`~kheops_async.cli.echo`: one-line errors; whether a stream is a terminal.
 - :mod:`~kheops_async.cli.logging_setup`: log levels and redaction of secrets.
 - :mod:`~kheops_async.cli.runner`: the edge where errors become one line and an exit status.
 - :mod:`~kheops_async.cli.exit_codes`: the documented exit statuses.

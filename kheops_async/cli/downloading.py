@@ -5,10 +5,10 @@ they are (so that the engine reports a study that does not exist; study-level fi
 are checked by the engine, study by study), a study query (filters, ``--fuzzy``,
 ``--limit``/``--offset``) is paged by the engine as it downloads. The
 engine streams the table ``downloaded_<kind>_instances_<timestamp>.csv`` row by row; a
-background task shows its progress. At the end, even when an error stops the run: a
-summary line, the failures (at most :data:`MAX_FAILURES_SHOWN`), where the table and
-the journal are. A dry run prints the plan (per series: instances planned and
-skipped) and writes nothing.
+background task shows its progress (:mod:`~kheops_async.cli.progress`). At the end,
+even when an error stops the run: the failures, the summary, where the table and the
+journal are (:mod:`~kheops_async.cli.summary`). A dry run prints the plan (per
+series: instances planned and skipped) and writes nothing.
 """
 
 from __future__ import annotations
@@ -21,25 +21,23 @@ from typing import Literal
 import anyio
 import click
 
+from kheops_async.cli.echo import is_terminal
 from kheops_async.cli.exit_codes import ExitCode
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.progress import DEFAULT_LOG_INTERVAL, ProgressDisplay
 from kheops_async.cli.selection import Selection
 from kheops_async.cli.settings import OutputSettings
-from kheops_async.cli.tables import PlanTable, render, timestamp
+from kheops_async.cli.summary import failure_lines, summary_lines
+from kheops_async.cli.tables import PlanTable, timestamp
 from kheops_async.client import DicomWebClient
 from kheops_async.engine import DownloadSettings, download
 from kheops_async.errors import KheopsAsyncError
-from kheops_async.report import DownloadProgress, DownloadReport, SeriesFailure
+from kheops_async.report import DownloadProgress, DownloadReport
 from kheops_async.targets import Targets
 
 __all__ = ["DownloadJob"]
 
 log = logging.getLogger("kheops_async.cli")
-
-
-MAX_FAILURES_SHOWN = 20
-"""Failure lines printed at the end; the rest are counted (all are in the table)."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +98,12 @@ class DownloadJob:
         display = ProgressDisplay(
             progress,
             sys.stderr,
-            live=sys.stderr.isatty(),
+            live=is_terminal(sys.stderr),
             enabled=not self.output.quiet,
             interval=self.progress_interval,
             per_series=self.output.verbosity >= 1,
             handler=handler,
+            concurrency=settings.concurrency or client.concurrency,
         )
         report: DownloadReport | None = None
         stopped_by: KheopsAsyncError | None = None
@@ -132,33 +131,21 @@ class DownloadJob:
     ) -> ExitCode:
         """Summary, failures, plan or table; the exit status."""
         quiet = self.output.quiet
-        lines = [_failure_line(f) for f in report.failures]
-        lines += [
-            f"failed: instance {r.sop_uid + ' ' if r.sop_uid else ''}of series "
-            f"{r.series_uid}: {r.error}"
-            for r in report.failed_instances
-        ]
-        for line in lines[:MAX_FAILURES_SHOWN]:
+        for line in failure_lines(report):
             click.echo(line, err=True)
-        hidden = len(lines) - MAX_FAILURES_SHOWN + report.failures_not_kept
-        if hidden > 0:
-            click.echo(f"failed: ... and {hidden} more (see the table)", err=True)
         if self.output.dry_run:
-            click.echo(render(plan.table(), "table"), nl=False)
+            from kheops_async.cli.table_view import print_table
+
+            print_table(plan.table(), wide=self.output.wide)
             if not quiet:
                 click.echo(
                     f"dry run: {report.planned} instances of {report.series_total} series would "
                     f"be downloaded, {report.skipped} are already present; nothing was written",
                     err=True,
                 )
-        else:
-            if not quiet:
-                state = "stopped" if stopped else "done"
-                click.echo(f"{state}: {report.summary()}", err=True)
-                if report.table_path is not None:
-                    click.echo(f"saved the list of instances to {report.table_path}", err=True)
-                if report.journal_path is not None:
-                    click.echo(f"journal: {report.journal_path}", err=True)
+        elif not quiet:
+            for line in summary_lines(report, stopped=stopped):
+                click.echo(line, err=True)
         if stopped:
             return ExitCode.INCOMPLETE  # the caller re-raises the error that stopped the run
         if report.ok:
@@ -166,15 +153,3 @@ class DownloadJob:
         count = report.series_failed + report.failed
         click.echo(f"error: the download is incomplete ({count} failures, listed above)", err=True)
         return ExitCode.INCOMPLETE
-
-
-def _failure_line(failure: SeriesFailure) -> str:
-    where = " ".join(
-        part
-        for part in (
-            f"study {failure.study_uid}" if failure.study_uid else "",
-            f"series {failure.series_uid}" if failure.series_uid else "",
-        )
-        if part
-    )
-    return f"failed: {where}: {failure.error}"

@@ -1,6 +1,7 @@
 """``kheops-async list studies|series|instances``: query, print, save the table.
 
-The table goes to stdout (readable, or CSV/JSON with ``--format``) and, unless
+The table goes to stdout (drawn for reading, fitted to a terminal's width unless
+``--wide``; or CSV/JSON with ``--format``) and, unless
 ``--dry-run``, to ``available_<level>_<timestamp>.csv`` in the output directory, as
 kheops-client did. A list the server cut short, or explicit UIDs that matched
 nothing, give a ``warning:`` line on stderr even at the default verbosity.
@@ -51,7 +52,12 @@ class ListJob:
             self.output.prepare_out_dir()
         finder = Finder(client, self.selection, level=self.level, concurrency=self.concurrency)
         table = await self._table(finder, client)
-        click.echo(render(table, self.output_format), nl=False)
+        if self.output_format == "table":
+            from kheops_async.cli.table_view import print_table
+
+            print_table(table, wide=self.output.wide)
+        else:
+            click.echo(render(table, self.output_format), nl=False)
         self._warn(finder)
         if not self.output.dry_run:
             path = write_csv_file(table, self.output.out_dir, timestamp())

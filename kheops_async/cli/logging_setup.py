@@ -22,7 +22,7 @@ from kheops_async.auth import Redactor
 
 __all__ = [
     "CliLogHandler",
-    "LiveLine",
+    "LiveDisplay",
     "RedactingFilter",
     "configured_logging",
     "level_for",
@@ -63,30 +63,29 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class LiveLine(Protocol):
-    """A status line redrawn in place (the progress display on a terminal)."""
+class LiveDisplay(Protocol):
+    """A display redrawn in place (the progress display on a terminal)."""
 
-    def clear(self) -> None:
-        """Erase the line, so that a log record starts at column 0."""
-
-    def redraw(self) -> None:
-        """Draw the line again after the record."""
+    def print_above(self, line: str) -> None:
+        """Print ``line`` above the display, which stays below it."""
 
 
 class CliLogHandler(logging.StreamHandler[TextIO]):
-    """Writes records to stderr, around the live progress line if one is shown."""
+    """Writes records to stderr, or above the live progress display while one is shown."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self.live: LiveLine | None = None
+        self.live: LiveDisplay | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         live = self.live
-        if live is not None:
-            live.clear()
-        super().emit(record)
-        if live is not None:
-            live.redraw()
+        if live is None:
+            super().emit(record)
+            return
+        try:
+            live.print_above(self.format(record))
+        except Exception:
+            self.handleError(record)
 
 
 class _CliFormatter(logging.Formatter):

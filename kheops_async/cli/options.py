@@ -308,7 +308,7 @@ def selection_options(function: F) -> F:
 
 
 def output_options(function: F) -> F:
-    """Output directory and dry run."""
+    """Output directory, dry run, and how wide terminal tables are."""
     return _apply(
         click.option(
             "-o",
@@ -326,6 +326,12 @@ def output_options(function: F) -> F:
             is_flag=True,
             help="Show what would be done; write nothing (no table, no directory) and "
             "download no bulk data.",
+        ),
+        click.option(
+            "--wide",
+            is_flag=True,
+            help="Tables on a terminal show whole values (UIDs, descriptions) instead of "
+            "fitting its width.",
         ),
     )(function)
 

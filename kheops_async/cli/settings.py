@@ -133,12 +133,14 @@ class ConnectionSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """Where results go and how much is said on stderr."""
+    """Where results go, how tables are shown and how much is said on stderr."""
 
     out_dir: Path = Path("downloads")
     dry_run: bool = False
     verbosity: int = 0
     quiet: bool = False
+    wide: bool = False
+    """Terminal tables show whole values instead of fitting the terminal's width."""
 
     def prepare_out_dir(self) -> None:
         """Create the output directory, or raise :class:`ConfigurationError` if unusable.

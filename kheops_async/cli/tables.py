@@ -1,9 +1,10 @@
-"""The tables the commands print and save: building, rendering, writing.
+"""The tables the commands print and save: building, CSV and JSON, writing.
 
 ``list`` saves ``available_{studies,series,instances}_<timestamp>.csv`` and ``download``
 saves ``downloaded_{study,series}_instances_<timestamp>.csv`` in the output directory,
-with kheops-client's columns (plus a few). On stdout a table is rendered for reading
-(``table``), or as ``csv`` or ``json`` for other programs.
+with kheops-client's columns (plus a few). On stdout a table is drawn for reading
+(``table``: :mod:`~kheops_async.cli.table_view`, with each table's ``view`` of
+columns), or written as ``csv`` or ``json`` for other programs.
 
 Listing rows are sorted so that two runs over the same data give the same file; the
 download table is streamed by the engine as instances finish (see
@@ -30,11 +31,16 @@ from kheops_async.report import InstanceRecord, InstanceStatus
 __all__ = [
     "DOWNLOAD_COLUMNS",
     "INSTANCE_COLUMNS",
+    "INSTANCE_VIEW",
+    "PLAN_VIEW",
     "SERIES_COLUMNS",
+    "SERIES_VIEW",
     "STUDY_COLUMNS",
+    "STUDY_VIEW",
     "OutputFormat",
     "PlanTable",
     "Table",
+    "cell_text",
     "instance_table",
     "render",
     "series_table",
@@ -49,7 +55,6 @@ Row = dict[str, Cell]
 
 TIMESTAMP_FORMAT = "%Y%m%d-%H%M%S"
 MULTI_VALUE_SEPARATOR = "\\"  # DICOM's own separator: "CT\MR" is also a valid filter value
-MAX_TEXT_WIDTH = 40  # longest free-text cell (descriptions) on the terminal
 
 STUDY_COLUMNS = (
     "StudyInstanceUID",
@@ -99,9 +104,9 @@ PLAN_COLUMNS = (
     "Failed",
 )
 
-# Terminal view: (column, heading); long raw columns (RetrieveURL, raw date/time) are left
-# to the files.
-_STUDY_VIEW = (
+# Terminal views: (column, heading); long raw columns (RetrieveURL, raw date/time) are
+# left to the files.
+STUDY_VIEW = (
     ("PatientID", "PatientID"),
     ("StudyDateTime", "Date"),
     ("ModalitiesInStudy", "Modalities"),
@@ -110,7 +115,7 @@ _STUDY_VIEW = (
     ("StudyDescription", "Description"),
     ("StudyInstanceUID", "StudyInstanceUID"),
 )
-_SERIES_VIEW = (
+SERIES_VIEW = (
     ("PatientID", "PatientID"),
     ("SeriesDateTime", "Date"),
     ("Modality", "Modality"),
@@ -120,14 +125,14 @@ _SERIES_VIEW = (
     ("SeriesInstanceUID", "SeriesInstanceUID"),
     ("StudyInstanceUID", "StudyInstanceUID"),
 )
-_INSTANCE_VIEW = (
+INSTANCE_VIEW = (
     ("PatientID", "PatientID"),
     ("Modality", "Modality"),
     ("InstanceNumber", "No"),
     ("SOPInstanceUID", "SOPInstanceUID"),
     ("SeriesInstanceUID", "SeriesInstanceUID"),
 )
-_PLAN_VIEW = tuple((c, c) for c in PLAN_COLUMNS)
+PLAN_VIEW = tuple((c, c) for c in PLAN_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def _datetime(value: dt.datetime | None) -> str | None:
 
 
 def _sort_key(row: Row, columns: Sequence[str]) -> tuple[str, ...]:
-    return tuple(_text(row.get(c)) for c in columns)
+    return tuple(cell_text(row.get(c)) for c in columns)
 
 
 def _series_values(series: DicomRecord, study: DicomRecord) -> Row:
@@ -186,7 +191,7 @@ def study_table(records: Iterable[DicomRecord]) -> Table:
         for r in records
     ]
     rows.sort(key=lambda row: _sort_key(row, ("StudyDateTime", "StudyInstanceUID")))
-    return Table("available_studies", "studies", STUDY_COLUMNS, rows, _STUDY_VIEW)
+    return Table("available_studies", "studies", STUDY_COLUMNS, rows, STUDY_VIEW)
 
 
 def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> Table:
@@ -208,10 +213,10 @@ def series_table(items: Iterable[SeriesRow], *, safe: Callable[[str], str]) -> T
         key=lambda row: (
             _sort_key(row, ("SeriesDateTime", "StudyInstanceUID")),
             _number(row.get("SeriesNumber")),
-            _text(row.get("SeriesInstanceUID")),
+            cell_text(row.get("SeriesInstanceUID")),
         )
     )
-    return Table("available_series", "series", SERIES_COLUMNS, rows, _SERIES_VIEW)
+    return Table("available_series", "series", SERIES_COLUMNS, rows, SERIES_VIEW)
 
 
 def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) -> Table:
@@ -235,10 +240,10 @@ def instance_table(items: Iterable[InstanceRow], *, safe: Callable[[str], str]) 
         key=lambda row: (
             _sort_key(row, ("SeriesDateTime", "StudyInstanceUID", "SeriesInstanceUID")),
             _number(row.get("InstanceNumber")),
-            _text(row.get("SOPInstanceUID")),
+            cell_text(row.get("SOPInstanceUID")),
         )
     )
-    return Table("available_instances", "instances", INSTANCE_COLUMNS, rows, _INSTANCE_VIEW)
+    return Table("available_instances", "instances", INSTANCE_COLUMNS, rows, INSTANCE_VIEW)
 
 
 class PlanTable:
@@ -278,7 +283,7 @@ class PlanTable:
             self.per_series.values(),
             key=lambda row: _sort_key(row, ("StudyInstanceUID", "SeriesInstanceUID")),
         )
-        return Table("download_plan", "series", PLAN_COLUMNS, rows, _PLAN_VIEW)
+        return Table("download_plan", "series", PLAN_COLUMNS, rows, PLAN_VIEW)
 
 
 # -- rendering -----------------------------------------------------------------------
@@ -288,48 +293,13 @@ def _number(value: Cell) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _text(value: Cell) -> str:
+def cell_text(value: Cell) -> str:
+    """A cell as text: absent is empty, multi-values are joined with ``\\``."""
     if value is None:
         return ""
     if isinstance(value, list):
         return MULTI_VALUE_SEPARATOR.join(value)
     return str(value)
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def render_terminal(table: Table) -> str:
-    """Aligned columns with a heading line, and a count line at the end."""
-    view = table.view or tuple((c, c) for c in table.columns)
-    cells = [
-        [
-            _shorten(_text(row.get(column)), MAX_TEXT_WIDTH)
-            if "Description" in column
-            else _text(row.get(column))
-            for column, _ in view
-        ]
-        for row in table.rows
-    ]
-    headings = [heading for _, heading in view]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headings)]
-    numeric = [
-        bool(table.rows) and all(isinstance(row.get(c), int | type(None)) for row in table.rows)
-        for c, _ in view
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if right else v.ljust(w)
-            for v, w, right in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    lines = [line(headings), line(["-" * w for w in widths])]
-    lines += [line(row) for row in cells]
-    lines.append(f"{len(table.rows)} {table.noun}")
-    return "\n".join(lines) + "\n"
 
 
 def render_csv(table: Table) -> str:
@@ -338,7 +308,7 @@ def render_csv(table: Table) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(table.columns)
     for row in table.rows:
-        writer.writerow([_text(row.get(column)) for column in table.columns])
+        writer.writerow([cell_text(row.get(column)) for column in table.columns])
     return buffer.getvalue()
 
 
@@ -348,13 +318,9 @@ def render_json(table: Table) -> str:
     return json.dumps(rows, indent=2) + "\n"
 
 
-def render(table: Table, output_format: OutputFormat) -> str:
-    """The table in the requested stdout format."""
-    if output_format == "csv":
-        return render_csv(table)
-    if output_format == "json":
-        return render_json(table)
-    return render_terminal(table)
+def render(table: Table, output_format: Literal["csv", "json"]) -> str:
+    """The table as CSV or JSON text (for stdout)."""
+    return render_csv(table) if output_format == "csv" else render_json(table)
 
 
 def write_csv_file(table: Table, directory: Path, stamp: str) -> Path:

@@ -160,7 +160,7 @@ class Recorder:
             report.metadata_saved += 1
             report.bytes_written += record.file_size or 0
         if status is not InstanceStatus.FAILED:
-            self.progress.instances_done += 1
+            self.progress.count_instance(record)
         if self.table is not None:
             self.table.write(record)
         if self.on_instance is not None:
@@ -196,6 +196,8 @@ class Recorder:
         log.error("%s %s: %s", failure.study_uid, failure.series_uid, failure.error)
         self.report.add_failure(failure)
         self.progress.failures += 1
+        if failure.series_uid:
+            self.progress.series_ended(failure.series_uid)
         if self.table is not None:
             self.table.write(
                 InstanceRecord(
