@@ -162,6 +162,8 @@ class SeriesActivity:
     """When the series was first seen (0, 1, 2, ...): keeps displayed lines in place."""
     done: int = 0
     """Instances done (written, skipped, planned, metadata saved)."""
+    expected: int | None = None
+    """Instances the listing announced for the series, when it did."""
     written: int = 0
     bytes_written: int = 0
     """Bytes of the instances written (their file sizes)."""
@@ -171,9 +173,10 @@ class SeriesActivity:
 class DownloadProgress:
     """Live counters of a run; safe to read at any time from the same event loop.
 
-    Besides the totals it keeps the activity of the series seen lately (bounded by
+    Besides the totals it keeps the activity of the series in flight (from
+    :meth:`series_started` to :meth:`series_ended`, which the engine calls; bounded by
     :data:`MAX_TRACKED_SERIES`, updated in constant time per instance), from which
-    :meth:`series_in_flight` and the byte-based :meth:`eta` are estimated.
+    :meth:`series_in_flight` and the byte-based :meth:`eta` are computed.
     """
 
     series_total: int = 0
@@ -189,7 +192,7 @@ class DownloadProgress:
     bytes_written: int = 0
     """Bytes of the instances written (their file sizes)."""
     recent: OrderedDict[str, SeriesActivity] = field(default_factory=OrderedDict, repr=False)
-    """The series seen lately by SeriesInstanceUID, the most recently active last."""
+    """The series in flight by SeriesInstanceUID, the most recently active last."""
     series_seen: int = 0
     """Series that have had an instance done so far."""
 
@@ -197,6 +200,14 @@ class DownloadProgress:
         """Tell the callback, if any, that the counters changed."""
         if self.callback is not None:
             self.callback(self)
+
+    def series_started(self, study_uid: str, series_uid: str, expected: int | None) -> None:
+        """A series is being worked on: it is in flight until :meth:`series_ended`."""
+        activity = SeriesActivity(study_uid, series_uid, self.series_seen, expected=expected)
+        self.series_seen += 1
+        self.recent[series_uid] = activity
+        if len(self.recent) > MAX_TRACKED_SERIES:
+            self.recent.popitem(last=False)
 
     def count_instance(self, record: InstanceRecord) -> None:
         """Count one instance done (any status but failed), in O(1): totals and its series."""
@@ -219,16 +230,14 @@ class DownloadProgress:
             self.bytes_written += size
 
     def series_ended(self, series_uid: str) -> None:
-        """A series is known to be over (it failed): it is no longer in flight."""
+        """A series is over (done or failed): it is no longer in flight."""
         self.recent.pop(series_uid, None)
 
     def series_in_flight(self, concurrency: int | None = None) -> list[SeriesActivity]:
-        """The series being worked on, as far as the records tell, in the order they started.
+        """The series being worked on, in the order they started (at most ``concurrency``).
 
-        The most recently active series, as many as are planned and not done (and at
-        most ``concurrency``). Instance records do not say when a complete series is
-        over, so one that just finished may stay until another series records an
-        instance; a series that failed leaves at once.
+        Exact when the engine reports starts and ends; a caller that only records
+        instances sees the most recently active series, as many as are not done.
         """
         count = min(len(self.recent), self.series_total - self.series_done)
         if concurrency is not None:

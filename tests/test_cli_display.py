@@ -58,7 +58,10 @@ def snapshot(**changes: object) -> Snapshot:
         "elapsed": 2.4,
         "eta": 9.2,
         "failures": 0,
-        "in_flight": (SeriesLine(BIG_SERIES, 48, 45_300_000), SeriesLine("1.2.3.4", 3, 2_000)),
+        "in_flight": (
+            SeriesLine(BIG_SERIES, 48, 45_300_000, 200),
+            SeriesLine("1.2.3.4", 3, 2_000),
+        ),
     }
     values.update(changes)
     return Snapshot(**values)  # type: ignore[arg-type]
@@ -75,7 +78,7 @@ def test_live_view_shows_bar_percentage_counts_rate_eta_and_series_in_flight(wid
     assert bar.startswith("━") and bar.count("━") > 20
     assert bar.endswith(" 72%  408/560 instances  18/19 series")
     assert numbers == "28.8 MB  11.5 MB/s  ETA 0:09  elapsed 0:02  1 failed"
-    assert big.endswith("  48 instances  45.3 MB") and big.startswith("  1.2.826.0.1.")
+    assert big.endswith("  48/200 instances  45.3 MB") and big.startswith("  1.2.826.0.1.")
     assert (BIG_SERIES in big) == (width == 140)  # shortened in the middle at 80
     if width == 80:
         assert "…" in big and big.split("…")[1].split()[0] in BIG_SERIES[-30:]

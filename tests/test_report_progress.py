@@ -38,12 +38,14 @@ def test_eta_follows_the_bytes_of_the_series_in_flight() -> None:
     recorder = recorder_for(progress)
     for s in range(18):
         recorder.series_planned(20)
+        recorder.series_started("1.2.1", f"1.2.1.{s}", 20)
         for n in range(20):
             recorder.instance(record(f"1.2.1.{s}", n, 1_000))
             recorder.bytes_received(1_000)
-        recorder.series_finished(complete=True)
+        recorder.series_finished(f"1.2.1.{s}", complete=True)
     recorder.series_planned(200)
     recorder.planning_done()
+    recorder.series_started("1.2.1", "1.2.1.big", 200)
     for n in range(48):
         recorder.instance(record("1.2.1.big", n, MB))
         recorder.bytes_received(MB)
@@ -72,26 +74,42 @@ def test_eta_is_unknown_until_a_series_in_flight_has_written_an_instance() -> No
     assert progress.eta(rate=0.0) is None
 
 
-def test_series_in_flight_are_the_latest_active_within_the_concurrency() -> None:
+def test_series_in_flight_are_those_started_and_not_ended() -> None:
     progress = DownloadProgress()
     recorder = recorder_for(progress)
     for _ in range(5):
         recorder.series_planned(3)
-    for s in (0, 1, 2, 3):
-        recorder.instance(record(f"1.2.1.{s}", 0, 10))
+    for s in (0, 1, 2):
+        recorder.series_started("1.2.1", f"1.2.1.{s}", 3)
+    recorder.instance(record("1.2.1.1", 0, 10))
     recorder.instance(record("1.2.1.1", 1, 10))
+    assert [a.series_uid for a in progress.series_in_flight(8)] == [
+        "1.2.1.0",
+        "1.2.1.1",
+        "1.2.1.2",
+    ]  # in the order they started, one line each even before an instance
+    (busy,) = [a for a in progress.series_in_flight(8) if a.series_uid == "1.2.1.1"]
+    assert (busy.done, busy.expected, busy.written, busy.bytes_written) == (2, 3, 2, 20)
+    recorder.series_finished("1.2.1.0", complete=True)
+    recorder.series_started("1.2.1", "1.2.1.3", 3)
+    # two lines at most: the most recently active two
+    assert [a.series_uid for a in progress.series_in_flight(2)] == ["1.2.1.1", "1.2.1.3"]
+    recorder.failure(SeriesFailure("1.2.1", "1.2.1.3", "broken"))
+    recorder.series_finished("1.2.1.3", complete=False)
+    assert [a.series_uid for a in progress.series_in_flight(8)] == ["1.2.1.1", "1.2.1.2"]
+
+
+def test_without_starts_the_latest_active_series_stand_in() -> None:
+    """A library caller that records instances only still gets plausible lines."""
+    progress = DownloadProgress(series_total=5)
+    for s in (0, 1, 2, 3):
+        progress.count_instance(record(f"1.2.1.{s}", 0, 10))
+    progress.count_instance(record("1.2.1.1", 1, 10))
     assert [a.series_uid for a in progress.series_in_flight(3)] == [
         "1.2.1.1",
         "1.2.1.2",
         "1.2.1.3",
-    ]  # the three latest, in the order they started
-    (latest,) = [a for a in progress.series_in_flight(3) if a.series_uid == "1.2.1.1"]
-    assert (latest.done, latest.written, latest.bytes_written) == (2, 2, 20)
-    for _ in range(4):
-        recorder.series_finished(complete=True)
-    assert len(progress.series_in_flight(3)) == 1  # 5 planned, 4 done: one can be in flight
-    recorder.failure(SeriesFailure("1.2.1", "1.2.1.3", "broken"))
-    assert "1.2.1.3" not in [a.series_uid for a in progress.series_in_flight(8)]
+    ]
 
 
 def test_failed_instances_are_not_activity_and_memory_is_bounded() -> None:

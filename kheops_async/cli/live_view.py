@@ -85,8 +85,9 @@ class DownloadView:
 
 
 def _series_text(series: SeriesLine, width: int) -> Text:
-    """``  1.2.826.…02.1  120 instances  45.3 MB``, the UID shortened to fit ``width``."""
-    numbers = f"  {series.done} instances  {megabytes(series.bytes_written)}"
+    """``  1.2.826.…02.1  120/200 instances  45.3 MB``, the UID shortened to fit ``width``."""
+    of = f"/{series.expected}" if series.expected else ""
+    numbers = f"  {series.done}{of} instances  {megabytes(series.bytes_written)}"
     room = max(MIN_UID_WIDTH, width - len(INDENT) - len(numbers))
     uid = shorten_middle(printable(series.series_uid), room)
     return Text.assemble(INDENT, (uid, "cyan"), numbers)

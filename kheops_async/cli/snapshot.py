@@ -45,11 +45,12 @@ class RateMeter:
 
 @dataclass(frozen=True)
 class SeriesLine:
-    """One series in flight: its UID, the instances it has done, the bytes it has written."""
+    """One series in flight: its UID, instances done (of expected), the bytes written."""
 
     series_uid: str
     done: int
     bytes_written: int
+    expected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Snapshot:
             eta=progress.eta(rate, concurrency),
             failures=progress.failures,
             in_flight=tuple(
-                SeriesLine(a.series_uid, a.done, a.bytes_written)
+                SeriesLine(a.series_uid, a.done, a.bytes_written, a.expected)
                 for a in progress.series_in_flight(concurrency)
             ),
         )

@@ -177,11 +177,16 @@ class Recorder:
         self.progress.series_total += 1
         self.progress.instances_expected += expected_instances or 0
 
-    def series_finished(self, *, complete: bool) -> None:
+    def series_started(self, study_uid: str, series_uid: str, expected: int | None) -> None:
+        """A worker took a series up: it is in flight until :meth:`series_finished`."""
+        self.progress.series_started(study_uid, series_uid, expected)
+
+    def series_finished(self, series_uid: str, *, complete: bool) -> None:
         """A series is over (complete, or failed and already reported)."""
         if complete:
             self.report.series_completed += 1
         self.progress.series_done += 1
+        self.progress.series_ended(series_uid)
         if self.table is not None:
             self.table.flush()
         self.progress.notify()

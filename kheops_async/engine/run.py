@@ -173,6 +173,7 @@ async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
     """One series to its end; a non-fatal failure is recorded, a fatal one raised."""
     job = SeriesJob(run, plan)
     complete = False
+    run.recorder.series_started(plan.study_uid, plan.series_uid, plan.expected_instances)
     try:
         if run.settings.metadata_only:
             await save_series_metadata(run, plan)
@@ -195,7 +196,7 @@ async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
         )
     finally:
         job.report_failed_parts()
-        run.recorder.series_finished(complete=complete)
+        run.recorder.series_finished(plan.series_uid, complete=complete)
 
 
 def _prepare_destination(root: Path) -> None:
