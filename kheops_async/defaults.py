@@ -6,7 +6,12 @@ import the modules that use them (httpx, anyio, tenacity, pydicom).
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_ATTEMPTS", "DEFAULT_CONCURRENCY", "DEFAULT_PAGE_SIZE"]
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LOG_INTERVAL",
+    "DEFAULT_PAGE_SIZE",
+]
 
 DEFAULT_CONCURRENCY = 8
 """Requests in flight by default, chosen by measurement (benchmarks/RESULTS.md, sweep):
@@ -19,3 +24,6 @@ GCP allows 5000, Kheops and Orthanc have no cap; paging gets the rest."""
 
 DEFAULT_ATTEMPTS = 5
 """Attempts per request (the first try and four retries)."""
+
+DEFAULT_LOG_INTERVAL = 10.0
+"""Seconds between two plain progress lines off a terminal (a log stays readable)."""

@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from pydicom.datadict import tag_for_keyword
-
 from kheops_async.errors import ConfigurationError
+from kheops_async.keywords import tag_for
 
 __all__ = ["DicomRecord", "tag_hex"]
 
@@ -35,7 +34,7 @@ def tag_hex(key: str) -> str:
             pass
         else:
             return cleaned.upper()
-    tag = tag_for_keyword(key.strip())
+    tag = tag_for(key.strip())
     if tag is None:
         raise ConfigurationError(
             f"unknown DICOM attribute {key!r}: use a keyword such as 'PatientID' "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kheops_async.errors import ConfigurationError
+from kheops_async.keywords import tag_for
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -91,8 +92,6 @@ class Layout:
     )
 
     def __post_init__(self) -> None:
-        from pydicom.datadict import tag_for_keyword  # its dictionary: only when a layout is made
-
         names: list[str] = []
         try:
             parsed = list(string.Formatter().parse(self.template))
@@ -107,7 +106,7 @@ class Layout:
                 continue
             if spec or conversion:
                 raise ConfigurationError(f"layout field {{{name}}} takes no format spec")
-            if tag_for_keyword(name) is None:
+            if tag_for(name) is None:
                 raise ConfigurationError(
                     f"layout field {{{name}}} is not a DICOM keyword "
                     "(e.g. {PatientID}, {Modality})"

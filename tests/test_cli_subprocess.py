@@ -9,6 +9,7 @@ the environment, and Ctrl-C (SIGINT) ending with 130 and no partial files.
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -24,11 +25,13 @@ from pathlib import Path
 
 import pytest
 from fakeserver import Delay, FakeArchive, FakeDicomWebServer, make_instance
+from pydicom import dcmread
+from pydicom.uid import ImplicitVRLittleEndian
 from treecheck import assert_no_temp_files
 
 from kheops_async import __version__
 from kheops_async.cli import ExitCode
-from kheops_async.demo import OrthancDataset
+from kheops_async.demo import OrthancDataset, generate_dataset
 
 TOKEN = "subprocess-TOKEN-93b1c07e"
 TIMEOUT = 60
@@ -247,17 +250,42 @@ def test_version_and_help_import_nothing_heavy(args: tuple[str, ...]) -> None:
     assert loaded == set()
 
 
-def test_a_download_never_imports_numpy_or_pillow(tmp_path: Path) -> None:
+def test_a_download_of_ordinary_data_never_imports_pydicom(tmp_path: Path) -> None:
+    """Explicit VR little endian, ASCII: the fast header scan suffices, then a rerun."""
     archive = FakeArchive()
     for n in (1, 2):
         archive.add_part10(make_instance("1.2.9.1", "1.2.9.1.1", f"1.2.9.1.1.{n}"))
+    with FakeDicomWebServer(archive, token=TOKEN) as server:
+        args = ("download", "studies", "--url", server.base_url, "--out-dir", str(tmp_path))
+        result, loaded = loaded_modules(*args)
+        assert result.returncode == 0, result.stderr
+        assert len(list(tmp_path.rglob("*.dcm"))) == 2
+        assert {"pydicom", "numpy", "PIL"}.isdisjoint(loaded)
+        assert "rich" not in loaded and "pygments" not in loaded  # no terminal: no display
+        (next(tmp_path.rglob("*.dcm"))).write_bytes(b"\0" * 200)  # damaged: a rerun checks it
+        rerun, loaded = loaded_modules(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {"pydicom", "numpy", "PIL"}.isdisjoint(loaded)
+
+
+def test_a_part_that_needs_pydicom_still_gets_it_without_numpy(tmp_path: Path) -> None:
+    """Implicit VR little endian takes pydicom's reader; numpy and Pillow stay out."""
+    (instance,) = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1
+    )
+    dataset = dcmread(io.BytesIO(instance.data))
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, implicit_vr=True, little_endian=True)
+    archive = FakeArchive()
+    archive.add_part10(buffer.getvalue())
     with FakeDicomWebServer(archive, token=TOKEN) as server:
         result, loaded = loaded_modules(
             "download", "studies", "--url", server.base_url, "--out-dir", str(tmp_path)
         )
     assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.rglob("*.dcm")] == [f"{instance.sop_uid}.dcm"]
     assert "pydicom" in loaded and "numpy" not in loaded and "PIL" not in loaded
-    assert "rich" not in loaded and "pygments" not in loaded  # no terminal: no display drawn
 
 
 # --------------------------------------------------------------------------- a terminal

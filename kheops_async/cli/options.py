@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kheops_async.defaults import DEFAULT_ATTEMPTS, DEFAULT_CONCURRENCY, DEFAULT_PAGE_SIZE
+from kheops_async.defaults import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LOG_INTERVAL,
+    DEFAULT_PAGE_SIZE,
+)
 from kheops_async.errors import ConfigurationError
 from kheops_async.uids import validate_uid
 
@@ -414,7 +419,7 @@ def download_options(function: F) -> F:
         click.option(
             "--progress-interval",
             type=click.FloatRange(min=0.1),
-            default=5.0,
+            default=DEFAULT_LOG_INTERVAL,
             hidden=True,
             help="Seconds between progress lines when stderr is not a terminal.",
         ),

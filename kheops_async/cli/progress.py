@@ -18,6 +18,7 @@ import anyio
 
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.snapshot import RateMeter, Snapshot, describe
+from kheops_async.defaults import DEFAULT_LOG_INTERVAL
 from kheops_async.report import DownloadProgress
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_LOG_INTERVAL", "REFRESH_SECONDS", "ProgressDisplay"]
 
 REFRESH_SECONDS = 0.25
-DEFAULT_LOG_INTERVAL = 5.0
 
 
 class ProgressDisplay:
