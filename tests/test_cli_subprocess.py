@@ -216,7 +216,7 @@ _IMPORTS_AFTER = """
 import atexit, sys
 def _report():
     heavy = ("httpx", "httpcore", "anyio", "tenacity", "pydicom", "numpy", "sqlite3", "PIL")
-    heavy += ("rich", "pygments")
+    heavy += ("rich", "pygments", "trio")
     print("LOADED=" + ",".join(m for m in heavy if sys.modules.get(m)), file=sys.stderr)
 atexit.register(_report)
 sys.argv = ["kheops-async", *sys.argv[1:]]
@@ -260,7 +260,7 @@ def test_a_download_of_ordinary_data_never_imports_pydicom(tmp_path: Path) -> No
         result, loaded = loaded_modules(*args)
         assert result.returncode == 0, result.stderr
         assert len(list(tmp_path.rglob("*.dcm"))) == 2
-        assert {"pydicom", "numpy", "PIL"}.isdisjoint(loaded)
+        assert {"pydicom", "numpy", "PIL", "trio"}.isdisjoint(loaded)
         assert "rich" not in loaded and "pygments" not in loaded  # no terminal: no display
         (next(tmp_path.rglob("*.dcm"))).write_bytes(b"\0" * 200)  # damaged: a rerun checks it
         rerun, loaded = loaded_modules(*args)

@@ -311,20 +311,21 @@ def console_main() -> None:
     """The ``kheops-async`` console script (and ``python -m kheops_async``): :func:`main`.
 
     The command line never decodes pixel data nor downloads pydicom's test files, and
-    never runs httpx's own command line, so the optional packages imported for those
-    (when installed) are kept out of its process: numpy and Pillow (pydicom's pixel
-    handlers), requests (pydicom's test-file downloads), and ``httpx._main`` (which
-    imports rich and pygments whenever httpx is imported: rich is then loaded only
-    when a display is drawn). Measured here: 12 MB of resident memory for numpy, 7 MB
-    and 50 ms more for Pillow and requests, 40 to 60 ms for ``httpx._main``. ``None``
-    in ``sys.modules`` makes their import raise ImportError, which pydicom and httpx
-    handle. Only this process entry point does it: the library, and ``main()``
-    called from Python, leave the caller's imports alone.
+    never runs httpx's own command line, and runs under asyncio, so the optional
+    packages imported for those (when installed) are kept out of its process: numpy
+    and Pillow (pydicom's pixel handlers), requests (pydicom's test-file downloads),
+    ``httpx._main`` (which imports rich and pygments whenever httpx is imported: rich
+    is then loaded only when a display is drawn) and trio (which httpcore imports
+    whenever it is installed). Measured here: 12 MB of resident memory for numpy, 7 MB
+    and 50 ms more for Pillow and requests, 40 to 60 ms for ``httpx._main``, 80 ms for
+    trio. ``None`` in ``sys.modules`` makes their import raise ImportError, which
+    pydicom, httpx and httpcore handle. Only this process entry point does it: the
+    library, and ``main()`` called from Python, leave the caller's imports alone.
     """
     for unused in _UNUSED_OPTIONAL_IMPORTS:
         sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
     main(prog_name="kheops-async")
 
 
-_UNUSED_OPTIONAL_IMPORTS = ("numpy", "PIL", "requests", "httpx._main")
+_UNUSED_OPTIONAL_IMPORTS = ("numpy", "PIL", "requests", "httpx._main", "trio")
 """What pydicom and httpx would import at start-up for work the command line never does."""
