@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     from kheops_async.auth import Credentials
     from kheops_async.client import DicomWebClient, QueryPager
     from kheops_async.dicomjson import DicomRecord
-    from kheops_async.engine import DEFAULT_CONCURRENCY, DownloadSettings, download, journal_path
+    from kheops_async.engine import (
+        DEFAULT_CONCURRENCY,
+        DownloadSettings,
+        download,
+        journal_path,
+        sync,
+    )
     from kheops_async.errors import (
         AuthenticationError,
         ConfigurationError,
@@ -50,8 +56,10 @@ if TYPE_CHECKING:
         InstanceRecord,
         InstanceStatus,
         SeriesFailure,
+        SyncTotals,
     )
     from kheops_async.retry import RetryPolicy
+    from kheops_async.shards import Shard
     from kheops_async.streaming import MultipartReader, RetrievedPart
     from kheops_async.targets import SeriesPlan, Targets
 
@@ -64,6 +72,7 @@ _LAZY: dict[str, str] = {
     "DownloadSettings": "kheops_async.engine",
     "download": "kheops_async.engine",
     "journal_path": "kheops_async.engine",
+    "sync": "kheops_async.engine",
     "AuthenticationError": "kheops_async.errors",
     "ConfigurationError": "kheops_async.errors",
     "HTTPStatusError": "kheops_async.errors",
@@ -90,6 +99,8 @@ _LAZY: dict[str, str] = {
     "InstanceRecord": "kheops_async.report",
     "InstanceStatus": "kheops_async.report",
     "SeriesFailure": "kheops_async.report",
+    "SyncTotals": "kheops_async.report",
+    "Shard": "kheops_async.shards",
     "RetryPolicy": "kheops_async.retry",
     "MultipartReader": "kheops_async.streaming",
     "RetrievedPart": "kheops_async.streaming",
@@ -131,7 +142,9 @@ __all__ = [
     "SeriesFailure",
     "SeriesPlan",
     "ServerUnavailableError",
+    "Shard",
     "StorageError",
+    "SyncTotals",
     "Targets",
     "TimeoutError_",
     "TransportError",
@@ -139,6 +152,7 @@ __all__ = [
     "__version__",
     "download",
     "journal_path",
+    "sync",
 ]
 
 

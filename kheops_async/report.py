@@ -26,6 +26,7 @@ __all__ = [
     "ProgressCallback",
     "SeriesActivity",
     "SeriesFailure",
+    "SyncTotals",
 ]
 
 
@@ -74,6 +75,39 @@ counted, and every one is in the instance table and the journal."""
 
 
 @dataclass
+class SyncTotals:
+    """What a sync found, study by study and series by series (counters only).
+
+    A study is *unchanged* when the server's instance count and every file of it
+    match the journals (no request beyond the study list), *new* when the journals
+    know none of its instances, *changed* otherwise (it grew, shrank, or a file of it
+    was damaged or deleted on disk). Series are counted among the studies looked into:
+    *new* (nothing of it was in the tree), *updated* (instances were added or
+    repaired), *unchanged* (already whole).
+    """
+
+    studies_listed: int = 0
+    studies_unchanged: int = 0
+    studies_new: int = 0
+    studies_changed: int = 0
+    series_new: int = 0
+    series_updated: int = 0
+    series_unchanged: int = 0
+    instances_in_unchanged_studies: int = 0
+
+    def summary(self, report: DownloadReport) -> str:
+        """One line: studies, series and instances new, repaired or updated, unchanged."""
+        new_instances = report.written - report.repaired
+        return (
+            f"studies: {self.studies_new} new, {self.studies_changed} changed, "
+            f"{self.studies_unchanged} unchanged; series: {self.series_new} new, "
+            f"{self.series_updated} updated, {self.series_unchanged} unchanged; "
+            f"instances: {new_instances} new, {report.repaired} repaired, "
+            f"{report.skipped} unchanged"
+        )
+
+
+@dataclass
 class DownloadReport:
     """The totals of a run and its first failures: its size does not grow with the archive.
 
@@ -104,6 +138,8 @@ class DownloadReport:
     stale_partials_removed: int = 0
     table_path: Path | None = None
     journal_path: Path | None = None
+    sync: SyncTotals | None = None
+    """Set by a sync (``incremental``): what it found new, changed and unchanged."""
 
     def add_failure(self, failure: SeriesFailure) -> None:
         """Count a failed series (or listing); keep it if the list is not full."""

@@ -41,7 +41,9 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "SeriesFailure",
         "SeriesPlan",
         "ServerUnavailableError",
+        "Shard",
         "StorageError",
+        "SyncTotals",
         "Targets",
         "TimeoutError_",
         "TransportError",
@@ -49,6 +51,7 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "__version__",
         "download",
         "journal_path",
+        "sync",
     }
     for name in kheops_async.__all__:
         assert getattr(kheops_async, name) is not None

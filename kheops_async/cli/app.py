@@ -28,6 +28,7 @@ from kheops_async.cli.options import (
     VERBOSITY_KEY,
     download_options,
     list_options,
+    sync_options,
     verbosity_options,
 )
 from kheops_async.errors import ConfigurationError
@@ -198,7 +199,7 @@ def _layout(ctx: click.Context, options: dict[str, Any]) -> str:
 
 
 def _run_download(
-    ctx: click.Context, kind: Literal["studies", "series"], options: dict[str, Any]
+    ctx: click.Context, kind: Literal["studies", "series", "sync"], options: dict[str, Any]
 ) -> ExitCode:
     from kheops_async.cli.downloading import DownloadJob
     from kheops_async.cli.runner import run_command
@@ -207,9 +208,13 @@ def _run_download(
 
     connection = _connection(ctx, options)
     output = _output(ctx, options)
+    if kind == "sync" and _metadata_mode(options) is not None:
+        raise click.UsageError(
+            "sync mirrors instances; for metadata use 'download studies --meta-only'", ctx
+        )
     job = DownloadJob(
         kind=kind,
-        selection=_selection(ctx, options, series_level=kind == "series"),
+        selection=_selection(ctx, options, series_level=kind != "studies"),
         output=output,
         settings=DownloadSettings(
             concurrency=connection.concurrency,
@@ -219,6 +224,8 @@ def _run_download(
             checksum=options["checksum"],
             metadata_only=_metadata_mode(options),
             transfer_syntax=options["transfer_syntax"],
+            shard=options["shard"],
+            incremental=kind == "sync",
         ),
         progress_interval=options["progress_interval"],
     )
@@ -238,6 +245,7 @@ def main() -> None:
     kheops-async list studies --url URL            # table of the studies
     kheops-async list series --search-filter Modality CT
     kheops-async download studies --study-uid UID  # into ./downloads
+    kheops-async sync --out-dir mirror             # only what is new or damaged
     """
 
 
@@ -305,6 +313,22 @@ def download_series(ctx: click.Context, /, **options: Any) -> ExitCode:
     of the study; series-level filters (Modality, SeriesDescription, ...) narrow them.
     """
     return _run_download(ctx, "series", options)
+
+
+@main.command("sync", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@sync_options
+@click.pass_context
+def sync_command(ctx: click.Context, /, **options: Any) -> ExitCode:
+    """Bring --out-dir up to date with the archive, an album or a query.
+
+    \b
+    The studies are listed (paged) with their instance counts. A study whose count and
+    files (one stat each) match the journal costs no other request; only new or changed
+    studies are looked into, and only missing or damaged instances are fetched. Shares
+    the journal with 'download' (a tree it made syncs incrementally). Table:
+    synced_instances_<timestamp>.csv.
+    """
+    return _run_download(ctx, "sync", options)
 
 
 def console_main() -> None:

@@ -44,16 +44,24 @@ log = logging.getLogger("kheops_async.cli")
 class DownloadJob:
     """One ``download`` run: the selection, the engine's settings and the output."""
 
-    kind: Literal["studies", "series"]
+    kind: Literal["studies", "series", "sync"]
     selection: Selection
     output: OutputSettings
     settings: DownloadSettings = field(default_factory=DownloadSettings)
     progress_interval: float = DEFAULT_LOG_INTERVAL
 
     @property
-    def table_kind(self) -> str:
-        """kheops-client's file name part: ``study`` or ``series``."""
-        return "study" if self.kind == "studies" else "series"
+    def table_name(self) -> str:
+        """The instance table's file name (kheops-client's for downloads), per shard."""
+        if self.kind == "sync":
+            stem = f"synced_instances_{timestamp()}"
+        else:
+            stem = f"downloaded_{'study' if self.kind == 'studies' else 'series'}_instances_"
+            stem += timestamp()
+        shard = self.settings.shard
+        if shard is not None and shard.count > 1:
+            stem += f"_{shard.name}"
+        return f"{stem}.csv"
 
     async def run(self, client: DicomWebClient, handler: CliLogHandler) -> ExitCode:
         """Download (or plan) everything selected; return the exit status."""
@@ -63,9 +71,7 @@ class DownloadJob:
         plan = PlanTable()
         settings = self.settings.with_options(
             dry_run=self.output.dry_run,
-            table=None
-            if self.output.dry_run
-            else self.output.out_dir / f"downloaded_{self.table_kind}_instances_{timestamp()}.csv",
+            table=None if self.output.dry_run else self.output.out_dir / self.table_name,
             on_instance=plan.add if self.output.dry_run else None,
         )
         try:
@@ -79,7 +85,7 @@ class DownloadJob:
 
     def _targets(self) -> Targets:
         """What the engine downloads: a study query it pages itself, or explicit UIDs."""
-        series_level = self.kind == "series"
+        series_level = self.kind != "studies"
         selection = self.selection
         if selection.needs_study_query:
             return selection.to_query_targets(series_level=series_level)

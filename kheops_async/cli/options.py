@@ -31,6 +31,7 @@ from kheops_async.uids import validate_uid
 __all__ = [
     "QUIET_KEY",
     "VERBOSITY_KEY",
+    "ShardType",
     "TransferSyntaxType",
     "UidType",
     "connection_options",
@@ -38,6 +39,7 @@ __all__ = [
     "list_options",
     "output_options",
     "selection_options",
+    "sync_options",
     "verbosity_options",
 ]
 
@@ -48,9 +50,12 @@ QUIET_KEY = "kheops_async.quiet"
 MAX_CONCURRENCY = 64
 
 if TYPE_CHECKING:  # click >= 8.2 types ParamType by its value; 8.1 is not subscriptable
+    from kheops_async.shards import Shard
+
     _TextParamType = click.ParamType[str]
+    _ShardParamType = click.ParamType[Shard]
 else:
-    _TextParamType = click.ParamType
+    _TextParamType = _ShardParamType = click.ParamType
 
 
 class UidType(_TextParamType):
@@ -81,6 +86,24 @@ class TransferSyntaxType(_TextParamType):
             return validate_uid(text, "transfer syntax UID")
         except ConfigurationError as exc:
             self.fail(f"{exc}, or '*' for the data as stored", param, ctx)
+
+
+class ShardType(_ShardParamType):
+    """``I/N`` (shard I of N, from 0) or ``auto`` (the batch system's variables)."""
+
+    name = "I/N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Shard:
+        from kheops_async.shards import Shard
+
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(str(value))
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _check_filters(
@@ -359,6 +382,11 @@ def list_options(function: F) -> F:
     )(function)
 
 
+def sync_options(function: F) -> F:
+    """Everything ``sync`` takes: ``download``'s options."""
+    return _apply(download_options)(function)
+
+
 def download_options(function: F) -> F:
     """Everything a ``download`` command takes."""
     return _apply(
@@ -415,6 +443,15 @@ def download_options(function: F) -> F:
             "--checksum",
             is_flag=True,
             help="Compute each file's sha256 as it streams and keep it in the journal.",
+        ),
+        click.option(
+            "--shard",
+            type=ShardType(),
+            help="Only shard I of N (0 to N-1) of the studies, by a stable hash of the "
+            "StudyInstanceUID: N machines given 0/N to N-1/N share an archive with no "
+            "coordinator, each with a journal of its own. 'auto': from a Slurm array "
+            "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job "
+            "(JOB_COMPLETION_INDEX, KHEOPS_SHARD_COUNT).",
         ),
         click.option(
             "--progress-interval",

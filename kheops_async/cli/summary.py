@@ -51,6 +51,8 @@ def summary_lines(report: DownloadReport, *, stopped: bool = False) -> list[str]
     """``done:`` (or ``stopped:``) with the counts, MB, time and mean rate; the table; the
     journal."""
     lines = [f"{'stopped' if stopped else 'done'}: {report.summary()}"]
+    if report.sync is not None:
+        lines.append(f"sync: {report.sync.summary(report)}")
     if report.table_path is not None:
         lines.append(f"saved the list of instances to {report.table_path}")
     if report.journal_path is not None:

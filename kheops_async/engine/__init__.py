@@ -6,6 +6,8 @@ the totals of the run. Its parts, one job each:
 
 - :mod:`~kheops_async.engine.settings`: the options of a run (library and CLI alike);
 - :mod:`~kheops_async.engine.planning`: targets into series plans;
+- :mod:`~kheops_async.engine.study_check`: sync's check of a listed study against the
+  journals and the tree;
 - :mod:`~kheops_async.engine.series`: one series to completion (resume, whole series,
   then only what is missing);
 - :mod:`~kheops_async.engine.receiving` and :mod:`~kheops_async.engine.sink`: a part
@@ -21,7 +23,7 @@ Every HTTP request of a run holds one slot of a :class:`anyio.CapacityLimiter`, 
 can be cancelled at any point: temporary files are removed, finished files stay.
 """
 
-from kheops_async.engine.run import download, journal_path
+from kheops_async.engine.run import download, journal_path, sync
 from kheops_async.engine.settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_OUTAGE_THRESHOLD,
@@ -38,4 +40,5 @@ __all__ = [
     "MetadataMode",
     "download",
     "journal_path",
+    "sync",
 ]

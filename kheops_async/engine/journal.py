@@ -17,6 +17,12 @@ checks them as DICOM before trusting them. SQLite errors (a full disk) become
 
 SQLite's locking is not safe on network file systems; the run holds an exclusive
 ``flock`` beside the journal (:class:`~kheops_async.engine.state_dir.DestinationLock`).
+That is also why a shard (``--shard I/N``) writes a journal of its own,
+``journal.shard-I-of-N.sqlite``: no SQLite file is ever written by two processes.
+A run reads the other journals of its destination too (read-only, see
+:meth:`Journal.consult`): a file another shard, or an unsharded run, recorded is
+trusted as if this journal held it. Lookups ask this run's own journal first, and the
+others only for what it lacks.
 """
 
 from __future__ import annotations
@@ -31,9 +37,17 @@ from typing import TypeVar
 
 from kheops_async.errors import StorageError
 
-__all__ = ["COMMIT_ROWS", "JOURNAL_NAME", "Journal", "JournalEntry"]
+__all__ = [
+    "COMMIT_ROWS",
+    "JOURNAL_NAME",
+    "Journal",
+    "JournalEntry",
+    "journal_name",
+    "journal_paths",
+]
 
 JOURNAL_NAME = "journal.sqlite"
+"""The journal of unsharded runs; a shard's is ``journal.shard-I-of-N.sqlite``."""
 COMMIT_ROWS = 500
 """Instance rows per transaction at most (also committed at the end of each series)."""
 SCHEMA_VERSION = 1
@@ -72,6 +86,27 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+def journal_name(shard: str | None) -> str:
+    """The journal's file name for a shard's name (``shard-0-of-3``), or unsharded."""
+    return JOURNAL_NAME if shard is None else f"journal.{shard}.sqlite"
+
+
+def journal_paths(state: Path) -> list[Path]:
+    """Every journal in a state directory: the unsharded one first, then by name."""
+    try:
+        found = [p for p in state.glob("journal*.sqlite") if p.is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (p.name != JOURNAL_NAME, p.name))
+
+
+_ENTRY_COLUMNS = (
+    "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 FROM instances"
+)
+_SERIES_ENTRIES = f"{_ENTRY_COLUMNS} WHERE study_uid = ? AND series_uid = ?"
+_STUDY_ENTRIES = f"{_ENTRY_COLUMNS} WHERE study_uid = ?"
+
+
 @dataclass(frozen=True)
 class JournalEntry:
     """One committed instance, as the journal knows it."""
@@ -96,6 +131,8 @@ class Journal:
         self._pending = 0
         self._closed = False
         self.run_id = 0
+        self.others: list[Journal] = []
+        """The destination's other journals, read-only (see :meth:`consult`)."""
 
     # -- opening and closing -------------------------------------------------------
 
@@ -127,15 +164,28 @@ class Journal:
             return None
         try:
             db = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                f"{path.absolute().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
             )
             db.execute("SELECT 1 FROM instances LIMIT 1")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the journal {path}: {exc}") from None
         return cls(db, path, readonly=True)
 
+    def consult(self, paths: list[Path]) -> None:
+        """Open the destination's other journals read-only, for lookups this one lacks."""
+        for path in paths:
+            if path != self.path:
+                other = Journal.open_readonly(path)
+                if other is not None:
+                    self.others.append(other)
+
     def close(self, outcome: str = "done") -> None:
         """Commit what is pending, note the run's end, close (idempotent)."""
+        for other in self.others:
+            other.close()
         with self._lock:
             if self._closed:
                 return
@@ -173,16 +223,34 @@ class Journal:
 
     # -- instances -----------------------------------------------------------------
 
-    def series_entries(self, study_uid: str, series_uid: str) -> dict[str, JournalEntry]:
-        """The committed instances of one series, by SOPInstanceUID."""
+    def series_entries(
+        self, study_uid: str, series_uid: str, expected: int | None = None
+    ) -> dict[str, JournalEntry]:
+        """The committed instances of one series, by SOPInstanceUID (every journal).
 
+        The other journals are asked only when this one holds fewer than ``expected``
+        (or when no count is known); an instance this one knows is taken from here.
+        """
+        return self._merged(_SERIES_ENTRIES, (study_uid, series_uid), expected)
+
+    def study_entries(self, study_uid: str, expected: int | None = None) -> dict[str, JournalEntry]:
+        """The committed instances of one study, by SOPInstanceUID (as :meth:`series_entries`)."""
+        return self._merged(_STUDY_ENTRIES, (study_uid,), expected)
+
+    def _merged(
+        self, sql: str, arguments: tuple[str, ...], expected: int | None
+    ) -> dict[str, JournalEntry]:
+        entries = self._entries(sql, arguments)
+        for other in self.others:
+            if expected is not None and len(entries) >= expected:
+                break
+            for sop_uid, entry in other._entries(sql, arguments).items():
+                entries.setdefault(sop_uid, entry)
+        return entries
+
+    def _entries(self, sql: str, arguments: tuple[str, ...]) -> dict[str, JournalEntry]:
         def query() -> dict[str, JournalEntry]:
-            rows = self._db.execute(
-                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 "
-                "FROM instances WHERE study_uid = ? AND series_uid = ?",
-                (study_uid, series_uid),
-            )
-            return {row[1]: JournalEntry(*row) for row in rows}
+            return {row[1]: JournalEntry(*row) for row in self._db.execute(sql, arguments)}
 
         return self._locked(query)
 

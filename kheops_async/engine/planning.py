@@ -7,6 +7,11 @@ with the first series and memory does not grow with the number of studies. Every
 listing request holds one of the run's request slots. Listings the server cut short,
 UIDs it listed malformed, and studies or series that do not exist become failures of
 the run (a run that silently did less is not complete).
+
+A sharded run (``settings.shard``) keeps only its shard's studies, explicit or listed.
+A sync (``settings.incremental``) checks the listed studies against the journals in
+batches (:mod:`~kheops_async.engine.study_check`) and plans only those that are new
+or changed: a study already whole costs no request beyond its page of the list.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.context import RunContext, is_fatal
+from kheops_async.engine.study_check import STUDY_CHECK_BATCH, check_studies
 from kheops_async.errors import KheopsAsyncError
 from kheops_async.report import SeriesFailure
 from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
 from kheops_async.uids import is_valid_uid
 
-__all__ = ["MAX_PLANNERS", "PLANNER_BUFFER", "plan_series"]
+__all__ = ["MAX_PLANNERS", "PLANNER_BUFFER", "STUDY_COUNT_FIELDS", "plan_series"]
 
 log = logging.getLogger("kheops_async")
 
@@ -34,6 +40,8 @@ MAX_PLANNERS = 4
 """Tasks expanding studies into series at once (each holds a request slot while it asks)."""
 PLANNER_BUFFER = 16
 """Studies queued for the planners: bounded, so a huge study list costs no memory here."""
+STUDY_COUNT_FIELDS = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+"""Asked of the study query (Kheops sends them anyway, Orthanc only when asked)."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,15 @@ async def plan_series(
     found_series: set[str] = set()
     async with send:
         by_study: dict[str, frozenset[str] | None] = {}
+        shard = run.settings.shard
         for study_uid, series_uid in targets.series:
             wanted = by_study.get(study_uid, frozenset())
             if wanted is not None:
                 by_study[study_uid] = wanted | {series_uid}
         for study_uid in targets.studies:
             by_study[study_uid] = None
+        if shard is not None:
+            by_study = {uid: wanted for uid, wanted in by_study.items() if shard.contains(uid)}
         study_send, study_receive = anyio.create_memory_object_stream[_StudyJob](PLANNER_BUFFER)
         concurrency = run.limiter.total_tokens
         async with anyio.create_task_group() as group:
@@ -94,6 +105,8 @@ async def plan_series(
                     await study_send.send(_StudyJob(study_uid, wanted, explicit=True))
                 if targets.query is not None:
                     await _queue_query_studies(run, targets, set(by_study), study_send)
+    if shard is not None and shard.count > 1:
+        found_series = set(targets.only_series)  # in other shards' studies, maybe: not known here
     for series_uid in sorted(targets.only_series - found_series):
         run.recorder.failure(SeriesFailure("", series_uid, "series not found in the given studies"))
     run.recorder.planning_done()
@@ -109,15 +122,67 @@ async def _queue_query_studies(
         limit=targets.limit,
         offset=targets.offset,
         fuzzymatching=True if targets.fuzzy else None,
+        includefield=STUDY_COUNT_FIELDS,
         limiter=run.limiter,
     )
+    shard = run.settings.shard
+    checking = _incremental(run, targets)
+    batch: list[DicomRecord] = []
     async with contextlib.aclosing(pager):
         async for record in pager:
-            await _queue_study(run, record, explicit, send)
+            uid = record.study_uid
+            if shard is not None and uid and is_valid_uid(uid) and not shard.contains(uid):
+                continue
+            if not checking:
+                await _queue_study(run, record, explicit, send)
+                continue
+            batch.append(record)
+            if len(batch) >= STUDY_CHECK_BATCH:
+                await _queue_changed_studies(run, batch, explicit, send)
+                batch = []
+    if batch:
+        await _queue_changed_studies(run, batch, explicit, send)
     if pager.result.truncated:
         run.recorder.failure(
             SeriesFailure("", "", f"the study list is incomplete: {pager.result.warning}")
         )
+
+
+def _incremental(run: RunContext, targets: Targets) -> bool:
+    """Whether listed studies may be skipped on their counts (a sync of whole studies)."""
+    settings = run.settings
+    return (
+        settings.incremental
+        and not settings.force
+        and run.journal is not None
+        and not targets.series_filters
+        and not targets.only_series
+    )
+
+
+async def _queue_changed_studies(
+    run: RunContext,
+    records: list[DicomRecord],
+    explicit: set[str],
+    send: ObjectSendStream[_StudyJob],
+) -> None:
+    """Check a batch of listed studies against the journals; queue the new and changed."""
+    journal = run.journal
+    assert journal is not None
+    listed = [
+        (r.study_uid, r.number_of_study_related_instances)
+        for r in records
+        if r.study_uid and is_valid_uid(r.study_uid) and r.study_uid not in explicit
+    ]
+    states = await anyio.to_thread.run_sync(check_studies, journal, run.root, listed)
+    unchanged: set[str] = set()
+    for state in states:
+        run.recorder.study_checked(state)
+        if state.status == "unchanged":
+            unchanged.add(state.study_uid)
+    for record in records:
+        if record.study_uid not in unchanged:
+            await _queue_study(run, record, explicit, send)
 
 
 async def _queue_study(

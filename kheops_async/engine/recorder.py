@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import IO
 
 from kheops_async.engine.settings import InstanceCallback
+from kheops_async.engine.study_check import StudyState
 from kheops_async.report import (
     DownloadProgress,
     DownloadReport,
     InstanceRecord,
     InstanceStatus,
     SeriesFailure,
+    SyncTotals,
 )
 
 __all__ = ["TABLE_COLUMNS", "InstanceTable", "Recorder", "create_new_file"]
@@ -190,6 +192,36 @@ class Recorder:
         if self.table is not None:
             self.table.flush()
         self.progress.notify()
+
+    def study_checked(self, state: StudyState) -> None:
+        """Sync looked at a listed study (see :mod:`~kheops_async.engine.study_check`)."""
+        totals = self.report.sync
+        if totals is None:
+            totals = self.report.sync = SyncTotals()
+        totals.studies_listed += 1
+        if state.status == "unchanged":
+            totals.studies_unchanged += 1
+            totals.instances_in_unchanged_studies += state.instances
+            self.report.skipped += state.instances
+            self.progress.instances_expected += state.instances
+            self.progress.instances_done += state.instances
+            self.progress.notify()
+        elif state.status == "new":
+            totals.studies_new += 1
+        else:
+            totals.studies_changed += 1
+
+    def series_synced(self, *, resumed: int, written: int) -> None:
+        """Sync brought a series up to date: it had ``resumed`` instances, gained ``written``."""
+        totals = self.report.sync
+        if totals is None:
+            return
+        if written == 0:
+            totals.series_unchanged += 1
+        elif resumed:
+            totals.series_updated += 1
+        else:
+            totals.series_new += 1
 
     def planning_done(self) -> None:
         """Every series is known."""

@@ -23,7 +23,7 @@ from anyio.abc import ObjectReceiveStream
 from kheops_async.client import DicomWebClient
 from kheops_async.engine.breaker import OutageBreaker
 from kheops_async.engine.context import RunContext, is_fatal
-from kheops_async.engine.journal import JOURNAL_NAME, Journal
+from kheops_async.engine.journal import Journal, journal_name, journal_paths
 from kheops_async.engine.metadata import save_series_metadata
 from kheops_async.engine.planning import plan_series
 from kheops_async.engine.recorder import InstanceTable, Recorder
@@ -32,17 +32,32 @@ from kheops_async.engine.settings import DownloadSettings
 from kheops_async.engine.sink import PartSink
 from kheops_async.engine.state_dir import DestinationLock, TempArea, state_dir
 from kheops_async.errors import ConfigurationError, KheopsAsyncError, StorageError
-from kheops_async.report import DownloadProgress, DownloadReport, ProgressCallback, SeriesFailure
+from kheops_async.report import (
+    DownloadProgress,
+    DownloadReport,
+    ProgressCallback,
+    SeriesFailure,
+    SyncTotals,
+)
+from kheops_async.shards import Shard
 from kheops_async.targets import SeriesPlan, Targets
 
-__all__ = ["download", "journal_path"]
+__all__ = ["download", "journal_path", "sync"]
 
 log = logging.getLogger("kheops_async")
 
 
-def journal_path(destination: str | os.PathLike[str]) -> Path:
-    """Where the journal of a destination lives: ``<dest>/.kheops-async/journal.sqlite``."""
-    return state_dir(Path(destination).expanduser().resolve()) / JOURNAL_NAME
+def journal_path(destination: str | os.PathLike[str], shard: Shard | None = None) -> Path:
+    """Where a destination's journal lives: ``<dest>/.kheops-async/journal.sqlite``.
+
+    A shard's is ``journal.shard-I-of-N.sqlite`` beside it (1 shard of 1 is unsharded).
+    """
+    root = Path(destination).expanduser().resolve()
+    return state_dir(root) / journal_name(_shard_name(shard))
+
+
+def _shard_name(shard: Shard | None) -> str | None:
+    return shard.name if shard is not None and shard.count > 1 else None
 
 
 async def download(
@@ -71,7 +86,9 @@ async def download(
         progress if isinstance(progress, DownloadProgress) else DownloadProgress(callback=progress)
     )
     root = Path(destination).expanduser().resolve()
-    report = DownloadReport(dry_run=settings.dry_run)
+    report = DownloadReport(
+        dry_run=settings.dry_run, sync=SyncTotals() if settings.incremental else None
+    )
     started = time.monotonic()
     concurrency = settings.concurrency or client.concurrency
     temp = TempArea(root)
@@ -79,17 +96,20 @@ async def download(
     journal: Journal | None = None
     recorder: Recorder | None = None
     outcome = "failed"
+    own_journal = journal_path(root, settings.shard)
     try:
         if settings.dry_run:
-            journal = Journal.open_readonly(state_dir(root) / JOURNAL_NAME)
+            journal = Journal.open_readonly(own_journal)
         else:
             _prepare_destination(root)
-            taken = DestinationLock(state_dir(root) / "journal.lock")
+            taken = DestinationLock(own_journal.with_suffix(".lock"))
             taken.acquire()
             lock = taken  # from here on, this run owns the destination's temporary area
             report.stale_partials_removed = temp.prepare()
-            journal = await anyio.to_thread.run_sync(Journal.open, state_dir(root) / JOURNAL_NAME)
+            journal = await anyio.to_thread.run_sync(Journal.open, own_journal)
             report.journal_path = journal.path
+        if journal is not None:
+            await anyio.to_thread.run_sync(journal.consult, journal_paths(state_dir(root)))
         table = None
         if settings.table is not None and not settings.dry_run:
             table = InstanceTable(settings.table, root)
@@ -133,6 +153,27 @@ async def download(
                     raise  # the run went well until its end: this is its error
                 log.error("closing the run after its error also failed: %s", exc)
     return report
+
+
+async def sync(
+    client: DicomWebClient,
+    targets: Targets,
+    destination: str | os.PathLike[str],
+    settings: DownloadSettings | None = None,
+    *,
+    progress: DownloadProgress | ProgressCallback | None = None,
+    **options: Any,
+) -> DownloadReport:
+    """Bring ``destination`` up to date with ``targets``: :func:`download`, incrementally.
+
+    The studies of the targets' query are listed (paged) with their instance counts;
+    a study whose count and files match the destination's journals costs no further
+    request, the others are planned as :func:`download` plans them, so only missing
+    or damaged instances are fetched. ``report.sync`` says what was new, changed and
+    unchanged. A sync with nothing new makes no WADO-RS request at all.
+    """
+    settings = (settings or DownloadSettings()).with_options(incremental=True, **options)
+    return await download(client, targets, destination, settings, progress=progress)
 
 
 def _close(
@@ -179,6 +220,8 @@ async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
             await save_series_metadata(run, plan)
         else:
             await job.complete()
+            if run.settings.incremental:
+                run.recorder.series_synced(resumed=job.resumed, written=job.written)
         complete = True
     except OSError as exc:
         raise StorageError(f"writing to {run.root} failed: {exc.strerror or exc}") from exc

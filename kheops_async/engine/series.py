@@ -93,6 +93,10 @@ class SeriesJob:
         self._progressed = False
         self._stream_started = False
         self._attempt_failed_parts = 0
+        self.resumed = 0
+        """Instances already in place when the job began (from the journals or the tree)."""
+        self.written = 0
+        """Instances this job wrote (repairs included)."""
 
     @property
     def received(self) -> int:
@@ -109,6 +113,7 @@ class SeriesJob:
             return
         if not settings.force:
             await self._resume()
+            self.resumed = self.received
         if self.expected is not None and self._shortfall() == 0:
             await self._finish()
             return
@@ -151,7 +156,7 @@ class SeriesJob:
         plan = self.plan
         if journal is not None:
             entries = await anyio.to_thread.run_sync(
-                journal.series_entries, plan.study_uid, plan.series_uid
+                journal.series_entries, plan.study_uid, plan.series_uid, self.expected
             )
             if entries:
                 checked = await anyio.to_thread.run_sync(self._check_journal_entries, entries)
@@ -461,6 +466,7 @@ class SeriesJob:
         self.run.breaker.succeeded()
         if outcome.status == "written":
             self._progressed = True
+            self.written += 1
             sop_uid = outcome.values["SOPInstanceUID"]
             self.request.suspects.discard(sop_uid)
             recorder.instance(

@@ -12,6 +12,7 @@ from kheops_async.errors import ConfigurationError
 from kheops_async.layout import Layout
 from kheops_async.report import InstanceRecord
 from kheops_async.retry import RetryPolicy
+from kheops_async.shards import Shard
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -49,6 +50,10 @@ class DownloadSettings:
     - ``table``: a CSV file the instance table is streamed to, row by row.
     - ``on_instance``: called with each instance's record as it is done.
     - ``outage_threshold``: see :data:`DEFAULT_OUTAGE_THRESHOLD` (0: never stop).
+    - ``shard``: only the studies of this shard (:class:`~kheops_async.shards.Shard`),
+      with a journal of its own.
+    - ``incremental``: sync (:func:`~kheops_async.sync`): a listed study whose instance
+      count and files match the journals is left alone, with no further request.
     """
 
     concurrency: int | None = None
@@ -63,6 +68,8 @@ class DownloadSettings:
     table: Path | None = None
     on_instance: InstanceCallback | None = None
     outage_threshold: int = DEFAULT_OUTAGE_THRESHOLD
+    shard: Shard | None = None
+    incremental: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layout, str):

@@ -170,6 +170,8 @@ class FakeDicomWebServer:
             serves everyone (and still records each ``Authorization`` header).
         forbidden_albums: ``album=<id>`` values answered with 403 (an album token asking
             for another album).
+        albums: ``album id -> study UIDs``: a study query with ``album=<id>`` lists only
+            those studies (as Kheops does); an album not listed here holds every study.
         max_results: server cap on QIDO answers (``None``: no cap, like Kheops). When the cap
             (not the client's ``limit``) cut the answer short, a ``Warning`` header says
             ``There are N additional results``, N counting every match after this page.
@@ -196,6 +198,7 @@ class FakeDicomWebServer:
         *,
         token: str | None = None,
         forbidden_albums: Iterable[str] = (),
+        albums: Mapping[str, Iterable[str]] | None = None,
         max_results: int | None = None,
         ignore_offset: bool = False,
         series_count_override: Mapping[str, int] | None = None,
@@ -216,6 +219,7 @@ class FakeDicomWebServer:
         self.archive = archive if archive is not None else FakeArchive()
         self.token = token
         self.forbidden_albums = set(forbidden_albums)
+        self.albums = {album: set(uids) for album, uids in (albums or {}).items()}
         self.max_results = max_results
         self.ignore_offset = ignore_offset
         self.series_count_override = dict(series_count_override or {})
@@ -684,8 +688,11 @@ class FakeDicomWebServer:
         """Study-level QIDO; filters Kheops does not honour here are ignored."""
         filters = self._filters(ctx)
         fuzzy = self._fuzzy(ctx)
+        album = self.albums.get(ctx.record.param("album") or "")
         rows = []
         for study_uid, by_series in self.archive.tree().items():
+            if album is not None and study_uid not in album:
+                continue
             instances = [item for items in by_series.values() for item in items]
             if not instances:
                 continue

@@ -1,0 +1,214 @@
+"""``kheops-async sync`` against the fault-injecting Kheops-like server, over real HTTP.
+
+Each case mirrors an archive, changes it (or the tree) the way archives and disks
+change, syncs again, and checks two things: the tree is exactly the archive, and the
+server saw only the requests the change calls for (counted by the server itself).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from fakeserver import FakeArchive, FakeDicomWebServer, make_instance, make_tree_archive
+from fakeserver.server import RequestRecord
+from treecheck import assert_no_temp_files, assert_tree_holds
+
+from kheops_async import DicomWebClient, Targets, download, sync
+from kheops_async.cli import ExitCode, main
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "sync-token"
+STUDIES = [f"1.2.40.0.55.{n}" for n in range(1, 7)]
+ALBUM = "album-A"
+CLEAN_ENV: dict[str, str | None] = {
+    name: None
+    for name in ("KHEOPS_URL", "KHEOPS_TOKEN", "ACCESS_TOKEN", "KHEOPS_USER", "KHEOPS_PASSWORD")
+}
+
+
+@pytest.fixture
+def archive() -> FakeArchive:
+    return make_tree_archive(STUDIES, series_per_study=2, instances_per_series=4, size=600)
+
+
+@pytest.fixture
+def server(archive: FakeArchive) -> Iterator[FakeDicomWebServer]:
+    with FakeDicomWebServer(archive, token=TOKEN, albums={ALBUM: STUDIES[:2]}) as srv:
+        yield srv
+
+
+def cli(server: FakeDicomWebServer, dest: Path, *args: str, env: Mapping[str, str] = {}) -> Result:
+    """``kheops-async sync`` (or another command given first) into ``dest``."""
+    command = list(args) if args and args[0] in ("download", "verify") else ["sync", *args]
+    return CliRunner().invoke(
+        main,
+        [*command, "--url", server.base_url, "--out-dir", str(dest)],
+        env={**CLEAN_ENV, "KHEOPS_TOKEN": TOKEN, **env},
+    )
+
+
+def wado(server: FakeDicomWebServer) -> list[RequestRecord]:
+    """The WADO-RS retrieves the server answered (multipart requests)."""
+    return [r for r in server.requests if (r.accept or "").startswith("multipart/related")]
+
+
+def series_queries(server: FakeDicomWebServer) -> list[RequestRecord]:
+    return [r for r in server.requests if r.path.endswith("/series")]
+
+
+def study_queries(server: FakeDicomWebServer) -> list[RequestRecord]:
+    return [r for r in server.requests if r.path.endswith("/studies")]
+
+
+def instances_of(archive: FakeArchive, studies: list[str]) -> list[object]:
+    return [i for i in archive.all_instances() if i.study_uid in studies]
+
+
+def assert_ok(result: Result) -> None:
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_partial_album_synced_against_the_archive_fetches_only_the_rest(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path, "--album", ALBUM))
+    assert_tree_holds(tmp_path, instances_of(archive, STUDIES[:2]))
+    server.reset_stats()
+
+    result = cli(server, tmp_path)
+    assert_ok(result)
+    assert_tree_holds(tmp_path, archive.all_instances())
+    fetched = {r.path.rsplit("/studies/", 1)[1].split("/")[0] for r in wado(server)}
+    assert fetched == set(STUDIES[2:])  # the album's studies: not one retrieve
+    asked = {r.path.split("/studies/")[1].split("/")[0] for r in series_queries(server)}
+    assert asked == set(STUDIES[2:])  # nor one series query
+    assert "studies: 4 new, 0 changed, 2 unchanged" in result.stderr
+    assert "instances: 32 new, 0 repaired, 16 unchanged" in result.stderr
+    assert_no_temp_files(tmp_path)
+
+
+def test_a_sync_with_nothing_new_makes_no_wado_request_and_one_query_per_page(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path, "download", "studies"))  # download's tree syncs too
+    server.reset_stats()
+    result = cli(server, tmp_path, "--page-size", "4")
+    assert_ok(result)
+    assert wado(server) == []
+    assert series_queries(server) == []
+    assert [r.param("offset") or "0" for r in study_queries(server)] == ["0", "4"]
+    assert len(server.requests) == 2
+    assert "studies: 0 new, 0 changed, 6 unchanged" in result.stderr
+    assert "instances: 0 new, 0 repaired, 48 unchanged" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_a_new_study_on_the_server_is_the_only_thing_a_later_sync_fetches(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    new_study = "1.2.40.0.55.99"
+    for i in range(3):
+        archive.add_part10(
+            make_instance(new_study, f"{new_study}.1", f"{new_study}.1.{i}", seed=900 + i)
+        )
+    server.reset_stats()
+    result = cli(server, tmp_path)
+    assert_ok(result)
+    assert [r.path for r in wado(server)] == [f"/api/studies/{new_study}/series/{new_study}.1"]
+    assert [r.path for r in series_queries(server)] == [f"/api/studies/{new_study}/series"]
+    assert "studies: 1 new, 0 changed, 6 unchanged" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_a_series_that_grew_gets_only_its_new_instance(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    study, series = STUDIES[3], f"{STUDIES[3]}.2"
+    added = archive.add_part10(make_instance(study, series, f"{series}.77", seed=77))
+    server.reset_stats()
+    result = cli(server, tmp_path)
+    assert_ok(result)
+    assert [r.path for r in wado(server)] == [
+        f"/api/studies/{study}/series/{series}/instances/{added.sop_uid}"
+    ]
+    assert "studies: 0 new, 1 changed, 5 unchanged" in result.stderr
+    assert "series: 0 new, 1 updated, 1 unchanged" in result.stderr
+    assert "instances: 1 new, 0 repaired, 48 unchanged" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_file_deleted_or_shrunk_on_disk_is_fetched_again(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path, damage: str
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    victim = next(iter(instances_of(archive, [STUDIES[1]])))
+    path = tmp_path / victim.study_uid / victim.series_uid / f"{victim.sop_uid}.dcm"  # type: ignore[attr-defined]
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    server.reset_stats()
+    result = cli(server, tmp_path)
+    assert_ok(result)
+    assert [r.path.rsplit("/", 1)[1] for r in wado(server)] == [victim.sop_uid]  # type: ignore[attr-defined]
+    assert "studies: 0 new, 1 changed, 5 unchanged" in result.stderr
+    if damage == "truncate":
+        assert "instances: 0 new, 1 repaired" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_sync_with_series_filters_lists_series_but_fetches_nothing_already_there(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    """A series filter makes the study count meaningless: series counts decide."""
+    assert_ok(cli(server, tmp_path, "--search-filter", "Modality", "CT"))
+    server.reset_stats()
+    assert_ok(cli(server, tmp_path, "--search-filter", "Modality", "CT"))
+    assert wado(server) == []
+    assert len(series_queries(server)) == len(STUDIES)
+
+
+def test_sync_refuses_metadata_only(server: FakeDicomWebServer, tmp_path: Path) -> None:
+    result = cli(server, tmp_path, "--meta-only")
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("error: sync mirrors instances")
+
+
+def test_a_sync_dry_run_writes_nothing_and_plans_only_what_is_missing(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path, "--album", ALBUM))
+    before = sorted(p for p in tmp_path.rglob("*") if ".kheops-async" not in p.parts)
+    server.reset_stats()
+    result = cli(server, tmp_path, "--dry-run")
+    assert_ok(result)
+    assert wado(server) == []
+    assert "dry run: 32 instances of 8 series would be downloaded, 16 are already present" in (
+        result.stderr
+    )
+    assert sorted(p for p in tmp_path.rglob("*") if ".kheops-async" not in p.parts) == before
+
+
+async def test_the_library_sync_reports_what_changed(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    async with DicomWebClient(server.base_url, token=TOKEN) as client:
+        first = await download(client, Targets(studies=STUDIES[:3]), tmp_path)
+        assert first.ok and first.sync is None
+        report = await sync(client, Targets(query={}), tmp_path)
+    assert report.ok
+    assert report.sync is not None
+    assert (report.sync.studies_new, report.sync.studies_unchanged) == (3, 3)
+    assert report.sync.instances_in_unchanged_studies == 24
+    assert (report.written, report.skipped) == (24, 24)
+    assert_tree_holds(tmp_path, archive.all_instances())
+    assert os.listdir(tmp_path / ".kheops-async").count("journal.sqlite") == 1
