@@ -30,6 +30,7 @@ from kheops_async.cli.options import (
     list_options,
     sync_options,
     verbosity_options,
+    verify_options,
 )
 from kheops_async.errors import ConfigurationError
 
@@ -329,6 +330,39 @@ def sync_command(ctx: click.Context, /, **options: Any) -> ExitCode:
     synced_instances_<timestamp>.csv.
     """
     return _run_download(ctx, "sync", options)
+
+
+@main.command("verify", context_settings=CONTEXT_SETTINGS, epilog=EPILOG)
+@verify_options
+@click.pass_context
+def verify_command(ctx: click.Context, /, **options: Any) -> ExitCode:
+    """Check --out-dir against its journals: every file present with its size.
+
+    \b
+    One line per problem on stdout, with its path and SOPInstanceUID; exit 0 when the
+    tree is clean, 1 when not ('kheops-async sync' repairs it). --checksum also compares
+    each file's sha256 with the one recorded when it was written; --url also compares
+    the tree with the server's study list and counts.
+    """
+    from kheops_async.cli.runner import run_command
+    from kheops_async.cli.selection import split_filters
+    from kheops_async.cli.verifying import VerifyJob
+
+    try:
+        query, _ = split_filters(options["search_filters"], series_level=False)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+    if query and not options["url"]:
+        raise click.UsageError("--search-filter narrows the server's list: give --url too", ctx)
+    output = _output(ctx, {**options, "dry_run": False, "wide": False})
+    job = VerifyJob(
+        out_dir=output.out_dir,
+        checksum=options["checksum"],
+        query=query,
+        quiet=output.quiet,
+    )
+    connection = _connection(ctx, options) if options["url"] else None
+    return run_command(connection, output, job.run)
 
 
 def console_main() -> None:

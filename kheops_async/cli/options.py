@@ -41,6 +41,7 @@ __all__ = [
     "selection_options",
     "sync_options",
     "verbosity_options",
+    "verify_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -185,6 +186,12 @@ def verbosity_options(function: F) -> F:
     )(function)
 
 
+URL_HELP = (
+    "DICOMweb root (https://host/api for Kheops, http://host:8042/dicom-web for Orthanc), "
+    "or a Kheops link URL https://host/api/link/<token>/ (it carries the token)."
+)
+
+
 def connection_options(function: F) -> F:
     """Server, credentials, TLS, timeouts, retries and concurrency."""
     return _apply(
@@ -195,10 +202,15 @@ def connection_options(function: F) -> F:
             show_envvar=True,
             required=True,
             metavar="URL",
-            help="DICOMweb root (https://host/api for Kheops, http://host:8042/dicom-web "
-            "for Orthanc), or a Kheops link URL https://host/api/link/<token>/ "
-            "(it carries the token).",
+            help=URL_HELP,
         ),
+        _server_options,
+    )(function)
+
+
+def _server_options(function: F) -> F:
+    """Everything of :func:`connection_options` but ``--url``."""
+    return _apply(
         click.option(
             "-t",
             "--token",
@@ -361,6 +373,44 @@ def output_options(function: F) -> F:
             help="Tables on a terminal show whole values (UIDs, descriptions) instead of "
             "fitting its width.",
         ),
+    )(function)
+
+
+def verify_options(function: F) -> F:
+    """Everything ``verify`` takes: the tree, ``--checksum``, and optionally a server."""
+    return _apply(
+        click.option(
+            "-u",
+            "--url",
+            metavar="URL",
+            help="Also compare the tree with this server's lists and counts (not read "
+            "from KHEOPS_URL: only when asked). " + URL_HELP,
+        ),
+        _server_options,
+        click.option(
+            "--search-filter",
+            "search_filters",
+            nargs=2,
+            multiple=True,
+            metavar="KEY VALUE",
+            callback=_check_filters,
+            help="With --url: the study-level query the tree mirrors (as given to sync).",
+        ),
+        click.option(
+            "-o",
+            "--out-dir",
+            type=click.Path(file_okay=False, exists=True),
+            default="./downloads",
+            show_default=True,
+            help="The tree to check.",
+        ),
+        click.option(
+            "--checksum",
+            is_flag=True,
+            help="Also compare each file's sha256 with the one recorded when it was "
+            "written (files written with --checksum; reads every byte).",
+        ),
+        verbosity_options,
     )(function)
 
 

@@ -22,9 +22,11 @@ from kheops_async.cli.logging_setup import TRACEBACK_VERBOSITY, CliLogHandler, c
 from kheops_async.cli.settings import ConnectionSettings, OutputSettings
 from kheops_async.client import DicomWebClient
 
-__all__ = ["CommandBody", "echo_error", "one_line", "report_error", "run_command"]
+__all__ = ["CommandBody", "LocalBody", "echo_error", "one_line", "report_error", "run_command"]
 
 CommandBody = Callable[[DicomWebClient, CliLogHandler], Awaitable[ExitCode]]
+LocalBody = Callable[[DicomWebClient | None, CliLogHandler], Awaitable[ExitCode]]
+"""A body that may run with no server (``client`` is then ``None``)."""
 
 
 def report_error(exc: BaseException, *, redactor: Redactor, verbosity: int) -> ExitCode:
@@ -50,12 +52,16 @@ def report_error(exc: BaseException, *, redactor: Redactor, verbosity: int) -> E
 
 
 def run_command(
-    connection: ConnectionSettings,
+    connection: ConnectionSettings | None,
     output: OutputSettings,
-    body: CommandBody,
+    body: CommandBody | LocalBody,
 ) -> ExitCode:
-    """Run ``body`` with a client for ``connection``; return the exit status."""
-    redactor = connection.redactor()
+    """Run ``body`` with a client for ``connection``; return the exit status.
+
+    Without a connection (``verify`` with no ``--url``), ``body`` is a
+    :data:`LocalBody`: it gets no client.
+    """
+    redactor = connection.redactor() if connection is not None else Redactor.for_secrets([])
     with configured_logging(
         output.verbosity, quiet=output.quiet, redactor=redactor, stream=sys.stderr
     ) as handler:
@@ -68,7 +74,11 @@ def run_command(
 
 
 async def _with_client(
-    connection: ConnectionSettings, handler: CliLogHandler, body: CommandBody
+    connection: ConnectionSettings | None,
+    handler: CliLogHandler,
+    body: CommandBody | LocalBody,
 ) -> ExitCode:
+    if connection is None:
+        return await body(None, handler)  # type: ignore[arg-type]
     async with connection.client() as client:
         return await body(client, handler)

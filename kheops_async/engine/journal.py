@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -42,6 +42,7 @@ __all__ = [
     "JOURNAL_NAME",
     "Journal",
     "JournalEntry",
+    "SeriesRecord",
     "journal_name",
     "journal_paths",
 ]
@@ -120,6 +121,18 @@ class JournalEntry:
     sha256: str | None = None
 
 
+@dataclass(frozen=True)
+class SeriesRecord:
+    """One series as a journal records it (see :meth:`Journal.finish_series`)."""
+
+    study_uid: str
+    series_uid: str
+    expected: int | None
+    received: int
+    complete: bool
+    updated_at: float
+
+
 class Journal:
     """One destination's journal (see the module docstring)."""
 
@@ -173,6 +186,25 @@ class Journal:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the journal {path}: {exc}") from None
         return cls(db, path, readonly=True)
+
+    @classmethod
+    def open_destination(cls, state: Path) -> Journal | None:
+        """Every journal of a state directory, read-only: the first, consulting the others.
+
+        ``None`` when there is no journal at all.
+        """
+        paths = journal_paths(state)
+        if not paths:
+            return None
+        first = cls.open_readonly(paths[0])
+        if first is not None:
+            first.consult(paths[1:])
+        return first
+
+    @property
+    def family(self) -> list[Journal]:
+        """This journal, then the others it consults."""
+        return [self, *self.others]
 
     def consult(self, paths: list[Path]) -> None:
         """Open the destination's other journals read-only, for lookups this one lacks."""
@@ -253,6 +285,54 @@ class Journal:
             return {row[1]: JournalEntry(*row) for row in self._db.execute(sql, arguments)}
 
         return self._locked(query)
+
+    def iter_entries(self) -> Iterator[tuple[JournalEntry, float]]:
+        """Every instance of this journal (not the others), with when it was written.
+
+        Streamed from SQLite, in path order: memory does not grow with the journal.
+        For a read-only journal (verify), from one thread.
+        """
+        rows = self._db.execute(
+            "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
+            "FROM instances ORDER BY path"
+        )
+        for row in rows:
+            yield JournalEntry(*row[:7]), float(row[7])
+
+    def entry_at(self, path: str) -> tuple[JournalEntry, float] | None:
+        """The instance this journal (only) records at ``path``, with when it was written."""
+        row = self._db.execute(
+            "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
+            "FROM instances WHERE path = ?",
+            (path,),
+        ).fetchone()
+        return (JournalEntry(*row[:7]), float(row[7])) if row else None
+
+    def iter_series(self) -> Iterator[SeriesRecord]:
+        """Every series this journal (only) records, streamed."""
+        rows = self._db.execute(
+            "SELECT study_uid, series_uid, expected, received, complete, updated_at FROM series"
+        )
+        for row in rows:
+            yield SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
+
+    def series_record(self, study_uid: str, series_uid: str) -> SeriesRecord | None:
+        """This journal's (only) record of one series."""
+        row = self._db.execute(
+            "SELECT study_uid, series_uid, expected, received, complete, updated_at FROM series "
+            "WHERE study_uid = ? AND series_uid = ?",
+            (study_uid, series_uid),
+        ).fetchone()
+        return (
+            SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
+            if row
+            else None
+        )
+
+    def iter_study_uids(self) -> Iterator[str]:
+        """The studies this journal (only) holds instances of, streamed."""
+        for row in self._db.execute("SELECT DISTINCT study_uid FROM instances"):
+            yield str(row[0])
 
     def _insert_instance(self, entry: JournalEntry) -> None:
         self._begin()

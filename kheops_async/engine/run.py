@@ -237,6 +237,8 @@ async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
                 received=job.received,
             )
         )
+        if not run.settings.dry_run and not run.settings.metadata_only:
+            await job.record_in_journal()  # incomplete, with the counts verify will show
     finally:
         job.report_failed_parts()
         run.recorder.series_finished(plan.series_uid, complete=complete)

@@ -19,8 +19,10 @@
    arrived (a 503, a refused connection), or the attempt made progress.
 3. **Instance by instance** for what is still missing: when the series keeps
    breaking at the same place, when a clean answer lacks instances, or when most of
-   the series is already there. :data:`MAX_INSTANCE_FAILURES_IN_A_ROW` instances
-   failing one after the other end the series.
+   the series is already there (for a sync, whenever any of it is: a sync never
+   transfers again what the tree holds, at the cost of one request per instance).
+   :data:`MAX_INSTANCE_FAILURES_IN_A_ROW` instances failing one after the other end
+   the series.
 
 Every failed attempt is counted by the run's breaker, every committed part resets it.
 """
@@ -120,7 +122,9 @@ class SeriesJob:
         if (
             self.request.done
             and self._listing is not None
-            and (self._shortfall() * RESUME_ONE_BY_ONE_RATIO <= self.received)
+            and (
+                settings.incremental or self._shortfall() * RESUME_ONE_BY_ONE_RATIO <= self.received
+            )
         ):
             await self._one_by_one(None)
         else:
@@ -132,6 +136,10 @@ class SeriesJob:
         for record in self._failed_parts.values():
             self.run.recorder.instance(record)
         self._failed_parts.clear()
+
+    async def record_in_journal(self) -> None:
+        """Record the series' counts (and whether it is complete) in the journal."""
+        await self._finish()
 
     async def _finish(self) -> None:
         journal = self.run.journal
@@ -187,7 +195,8 @@ class SeriesJob:
             try:
                 stat = os.stat(path)
             except OSError:
-                continue  # gone: fetched again
+                suspects.add(sop_uid)  # gone: fetched again, and counted as a repair
+                continue
             if stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns:
                 trusted[sop_uid] = entry
             elif stat.st_size == entry.size and (

@@ -194,6 +194,27 @@ class FakeArchive:
             series.setdefault(instance.series_uid, []).append(instance)
         return instance
 
+    def remove(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> int:
+        """Delete a study, a series or one instance (as an archive's user does); the count."""
+        with self._lock:
+            by_series = self._studies.get(study_uid, {})
+            if series_uid is None:
+                removed = sum(len(items) for items in by_series.values())
+                self._studies.pop(study_uid, None)
+                return removed
+            items = by_series.get(series_uid, [])
+            kept = [i for i in items if sop_uid is not None and i.sop_uid != sop_uid]
+            removed = len(items) - len(kept)
+            if kept:
+                by_series[series_uid] = kept
+            else:
+                by_series.pop(series_uid, None)
+            if not by_series:
+                self._studies.pop(study_uid, None)
+            return removed
+
     def tree(self) -> dict[str, dict[str, list[FakeInstance]]]:
         """A consistent copy of the whole hierarchy."""
         with self._lock:
