@@ -38,6 +38,7 @@ class InstanceStatus(str, Enum):
     FAILED = "failed"
     PLANNED = "planned"  # dry run: would be downloaded
     METADATA = "metadata"  # metadata-only run: its DICOM JSON was saved
+    DELETED = "deleted"  # sync --delete: the server no longer lists it; its file was removed
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class SyncTotals:
     series_updated: int = 0
     series_unchanged: int = 0
     instances_in_unchanged_studies: int = 0
+    deleted: int = 0
+    """Instances removed by ``delete`` (or, in a dry run, that would be)."""
+    delete_skipped: str = ""
+    """Why ``delete`` removed nothing, when it was asked and did not run."""
 
     def summary(self, report: DownloadReport) -> str:
         """One line: studies, series and instances new, repaired or updated, unchanged."""
@@ -104,6 +109,11 @@ class SyncTotals:
             f"{self.series_updated} updated, {self.series_unchanged} unchanged; "
             f"instances: {new_instances} new, {report.repaired} repaired, "
             f"{report.skipped} unchanged"
+            + (
+                f", {self.deleted} {'to delete' if report.dry_run else 'deleted'}"
+                if self.deleted
+                else ""
+            )
         )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from fakeserver import FakeArchive, FakeDicomWebServer, make_instance, make_tree_archive
+from fakeserver import FakeArchive, FakeDicomWebServer, Status, make_instance, make_tree_archive
 from fakeserver.server import RequestRecord
 from treecheck import assert_no_temp_files, assert_tree_holds
 
@@ -211,3 +211,112 @@ async def test_the_library_sync_reports_what_changed(
     assert (report.written, report.skipped) == (24, 24)
     assert_tree_holds(tmp_path, archive.all_instances())
     assert os.listdir(tmp_path / ".kheops-async").count("journal.sqlite") == 1
+
+
+# --------------------------------------------------------------------------- --delete
+
+
+def test_delete_removes_only_what_the_server_no_longer_lists(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    gone_study = STUDIES[5]
+    gone_series = f"{STUDIES[4]}.2"
+    gone_instance = f"{STUDIES[0]}.1.3"
+    archive.remove(gone_study)
+    archive.remove(STUDIES[4], gone_series)
+    archive.remove(STUDIES[0], f"{STUDIES[0]}.1", gone_instance)
+
+    preview = cli(server, tmp_path, "--delete", "--dry-run")
+    assert_ok(preview)
+    would = sorted(
+        line.split(" ")[2] for line in preview.stdout.splitlines() if "would delete" in line
+    )
+    assert len(would) == 8 + 4 + 1
+    assert "13 would be deleted; nothing was written" in preview.stderr
+    assert (tmp_path / gone_study).is_dir()  # the dry run removed nothing
+
+    server.reset_stats()
+    result = cli(server, tmp_path, "--delete")
+    assert_ok(result)
+    assert wado(server) == []
+    assert ", 13 deleted" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+    assert not (tmp_path / gone_study).exists()  # emptied directories go too
+    assert not (tmp_path / STUDIES[4] / gone_series).exists()
+    table = next(tmp_path.glob("synced_instances_*-2.csv")).read_text()
+    assert table.count(",deleted,") == 13
+    verified = cli(server, tmp_path, "verify", "--url", server.base_url)
+    assert verified.exit_code == ExitCode.OK, verified.output
+
+
+def test_delete_does_nothing_after_an_incomplete_listing(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    archive.remove(STUDIES[5])
+    server.add_fault("offset=4", Status(500), times=100)  # the study list's second page
+    result = cli(server, tmp_path, "--delete", "--retries", "0", "--page-size", "4")
+    assert result.exit_code == ExitCode.SERVER  # the list broke off: the run stops
+    assert (tmp_path / STUDIES[5]).is_dir()
+    server.clear_faults()
+
+    assert_ok(cli(server, tmp_path))  # and a failed series is enough to keep everything
+    archive.add_part10(make_instance(STUDIES[2], f"{STUDIES[2]}.1", f"{STUDIES[2]}.1.8"))
+    server.add_fault(f"/series/{STUDIES[2]}.1", Status(404), times=100)
+    failed = cli(server, tmp_path, "--delete", "--retries", "0")
+    assert failed.exit_code == ExitCode.INCOMPLETE
+    assert "--delete: nothing deleted, because the run had 1 failure" in failed.stderr
+    assert (tmp_path / STUDIES[5]).is_dir()
+
+
+def test_delete_does_nothing_when_the_server_lists_no_study(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    result = cli(server, tmp_path, "--delete", "--search-filter", "PatientID", "nobody")
+    assert_ok(result)
+    assert "the server listed no study" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_delete_within_a_query_keeps_to_the_query(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    """The destination mirrors the query: a study outside it is removed (as rclone)."""
+    assert_ok(cli(server, tmp_path))
+    result = cli(server, tmp_path, "--delete", "--album", ALBUM)
+    assert_ok(result)
+    assert_tree_holds(tmp_path, instances_of(archive, STUDIES[:2]))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--study-uid", STUDIES[0]),
+        ("--search-filter", "Modality", "CT"),
+        ("--limit", "2"),
+    ],
+)
+def test_delete_refuses_what_is_not_a_whole_study_list(
+    server: FakeDicomWebServer, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    result = cli(server, tmp_path, "--delete", *args)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.stderr.startswith("error: --delete")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_delete_by_a_shard_leaves_other_shards_studies_alone(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    from kheops_async.shards import shard_of
+
+    assert_ok(cli(server, tmp_path))  # unsharded: journal.sqlite holds everything
+    for study in STUDIES:
+        archive.remove(study)
+    archive.add_part10(make_instance("1.2.40.0.55.70", "1.2.40.0.55.70.1", "1.2.40.0.55.70.1.1"))
+    result = cli(server, tmp_path, "--delete", "--shard", "1/2")
+    assert_ok(result)
+    for study in STUDIES:
+        assert (tmp_path / study).is_dir() == (shard_of(study, 2) != 1), study

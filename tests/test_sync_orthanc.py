@@ -144,3 +144,24 @@ async def test_three_shards_give_the_archive_with_every_series_fetched_once(
         assert whole.ok and log.wado() == []
         assert whole.sync is not None
         assert whole.sync.studies_unchanged == len(everything.records)
+
+
+async def test_delete_removes_a_study_deleted_on_the_server_and_nothing_else(
+    dataset: OrthancDataset, tmp_path: Path, anyio_backend: str
+) -> None:
+    doomed = generate_dataset(seed=5000 + len(anyio_backend), patients=1, studies_per_patient=1)
+    upload_instances(dataset.server, (i.data for i in doomed))
+    log = Recorded()
+    async with recording_client(dataset, log) as client:
+        assert (await sync(client, Targets(query={}), tmp_path)).ok
+        assert (tmp_path / doomed[0].study_uid).is_dir()
+        async with httpx.AsyncClient(base_url=dataset.server.url, auth=dataset.server.auth) as rest:
+            (found,) = (await rest.post("/tools/lookup", content=doomed[0].study_uid)).json()
+            (await rest.delete(f"/studies/{found['ID']}")).raise_for_status()
+        log.clear()
+        report = await sync(client, Targets(query={}), tmp_path, delete=True)
+    assert report.ok and report.sync is not None
+    assert report.sync.deleted == len(doomed)
+    assert log.wado() == []
+    assert not (tmp_path / doomed[0].study_uid).exists()
+    assert_tree_holds(tmp_path, [*dataset.instances, *UPLOADED])

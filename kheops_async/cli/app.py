@@ -227,6 +227,7 @@ def _run_download(
             transfer_syntax=options["transfer_syntax"],
             shard=options["shard"],
             incremental=kind == "sync",
+            delete=bool(options.get("delete")),
         ),
         progress_interval=options["progress_interval"],
     )

@@ -23,6 +23,7 @@ import click
 
 from kheops_async.cli.echo import is_terminal
 from kheops_async.cli.exit_codes import ExitCode
+from kheops_async.cli.humanize import printable
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.progress import DEFAULT_LOG_INTERVAL, ProgressDisplay
 from kheops_async.cli.selection import Selection
@@ -31,6 +32,7 @@ from kheops_async.cli.summary import failure_lines, summary_lines
 from kheops_async.cli.tables import PlanTable, timestamp
 from kheops_async.client import DicomWebClient
 from kheops_async.engine import DownloadSettings, download
+from kheops_async.engine.deletion import Deleted
 from kheops_async.errors import KheopsAsyncError
 from kheops_async.report import DownloadProgress, DownloadReport
 from kheops_async.targets import Targets
@@ -38,6 +40,15 @@ from kheops_async.targets import Targets
 __all__ = ["DownloadJob"]
 
 log = logging.getLogger("kheops_async.cli")
+
+
+def _show_would_delete(deleted: Deleted) -> None:
+    """A dry run of ``sync --delete``: one line per instance that would be removed."""
+    click.echo(
+        printable(
+            f"would delete: {deleted.path} (SOPInstanceUID {deleted.sop_uid}): {deleted.reason}"
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class DownloadJob:
             dry_run=self.output.dry_run,
             table=None if self.output.dry_run else self.output.out_dir / self.table_name,
             on_instance=plan.add if self.output.dry_run else None,
+            on_deleted=_show_would_delete if self.output.dry_run else None,
         )
         try:
             report = await self._download(client, targets, settings, handler)
@@ -144,9 +156,12 @@ class DownloadJob:
 
             print_table(plan.table(), wide=self.output.wide)
             if not quiet:
+                deleted = report.sync.deleted if report.sync is not None else 0
                 click.echo(
                     f"dry run: {report.planned} instances of {report.series_total} series would "
-                    f"be downloaded, {report.skipped} are already present; nothing was written",
+                    f"be downloaded, {report.skipped} are already present"
+                    + (f", {deleted} would be deleted" if deleted else "")
+                    + "; nothing was written",
                     err=True,
                 )
         elif not quiet:

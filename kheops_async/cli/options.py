@@ -294,6 +294,19 @@ def _server_options(function: F) -> F:
     )(function)
 
 
+def _search_filter_option(help_text: str) -> Callable[[F], F]:
+    """``--search-filter KEY VALUE``, repeatable, checked while parsing."""
+    return click.option(
+        "--search-filter",
+        "search_filters",
+        nargs=2,
+        multiple=True,
+        metavar="KEY VALUE",
+        callback=_check_filters,
+        help=help_text,
+    )
+
+
 def selection_options(function: F) -> F:
     """UIDs, search filters, paging and the UID table (kheops-client's search options)."""
     return _apply(
@@ -313,16 +326,10 @@ def selection_options(function: F) -> F:
             type=UidType("SeriesInstanceUID"),
             help="SeriesInstanceUID; repeat for several (series commands only).",
         ),
-        click.option(
-            "--search-filter",
-            "search_filters",
-            nargs=2,
-            multiple=True,
-            metavar="KEY VALUE",
-            callback=_check_filters,
-            help="QIDO filter, a DICOM keyword or tag and a value ('*' wildcards, date "
+        _search_filter_option(
+            "QIDO filter, a DICOM keyword or tag and a value ('*' wildcards, date "
             "ranges such as 20240101-20241231); repeat to combine (AND). Study-level keys "
-            "select studies, others each study's series; Modality does both.",
+            "select studies, others each study's series; Modality does both."
         ),
         click.option("--fuzzy", is_flag=True, help="Ask the server for fuzzy matching of names."),
         click.option(
@@ -387,14 +394,8 @@ def verify_options(function: F) -> F:
             "from KHEOPS_URL: only when asked). " + URL_HELP,
         ),
         _server_options,
-        click.option(
-            "--search-filter",
-            "search_filters",
-            nargs=2,
-            multiple=True,
-            metavar="KEY VALUE",
-            callback=_check_filters,
-            help="With --url: the study-level query the tree mirrors (as given to sync).",
+        _search_filter_option(
+            "With --url: the study-level query the tree mirrors (as given to sync)."
         ),
         click.option(
             "-o",
@@ -433,8 +434,17 @@ def list_options(function: F) -> F:
 
 
 def sync_options(function: F) -> F:
-    """Everything ``sync`` takes: ``download``'s options."""
-    return _apply(download_options)(function)
+    """Everything ``sync`` takes: ``download``'s options and ``--delete``."""
+    return _apply(
+        download_options,
+        click.option(
+            "--delete",
+            is_flag=True,
+            help="Also remove the local instances the server no longer lists (studies, "
+            "series, instances), and only after a run with no failure that listed at least "
+            "one study. With --dry-run: print what would go, remove nothing.",
+        ),
+    )(function)
 
 
 def download_options(function: F) -> F:

@@ -11,6 +11,7 @@ import anyio
 
 from kheops_async.client import DicomWebClient
 from kheops_async.engine.breaker import OutageBreaker
+from kheops_async.engine.deletion import DeletionPlan
 from kheops_async.engine.journal import Journal
 from kheops_async.engine.recorder import Recorder
 from kheops_async.engine.settings import DownloadSettings
@@ -45,6 +46,8 @@ class RunContext:
     temp: TempArea
     sink: PartSink
     journal: Journal | None
+    deletions: DeletionPlan | None = None
+    """``sync --delete``: the candidates gathered while the run goes."""
     sink_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
     """The one worker thread the sink runs in at a time (see :mod:`~kheops_async.engine.sink`)."""
 

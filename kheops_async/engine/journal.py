@@ -171,6 +171,20 @@ class Journal:
         return journal
 
     @classmethod
+    def open_for_edit(cls, path: Path) -> Journal:
+        """Open another run's journal to drop rows (``sync --delete``), under its lock.
+
+        No run is recorded in it: this process only removes what it deleted.
+        """
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("SELECT 1 FROM instances LIMIT 1")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the journal {path}: {exc}") from None
+        return cls(db, path, readonly=False)
+
+    @classmethod
     def open_readonly(cls, path: Path) -> Journal | None:
         """Open an existing journal read-only (dry runs); ``None`` when there is none."""
         if not path.exists():
@@ -268,6 +282,33 @@ class Journal:
     def study_entries(self, study_uid: str, expected: int | None = None) -> dict[str, JournalEntry]:
         """The committed instances of one study, by SOPInstanceUID (as :meth:`series_entries`)."""
         return self._merged(_STUDY_ENTRIES, (study_uid,), expected)
+
+    def own_study_entries(self, study_uid: str) -> dict[str, JournalEntry]:
+        """The instances of one study that this journal (only) records."""
+        return self._entries(_STUDY_ENTRIES, (study_uid,))
+
+    def forget(self, paths: list[str]) -> None:
+        """Drop the rows of deleted files, and the records of series left with none."""
+
+        def forget() -> None:
+            self._begin()
+            series: set[tuple[str, str]] = set()
+            for path in paths:
+                row = self._db.execute(
+                    "SELECT study_uid, series_uid FROM instances WHERE path = ?", (path,)
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM instances WHERE path = ?", (path,))
+                    series.add((row[0], row[1]))
+            for study_uid, series_uid in series:
+                self._db.execute(
+                    "DELETE FROM series WHERE study_uid = ? AND series_uid = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM instances WHERE study_uid = ? AND series_uid = ?)",
+                    (study_uid, series_uid, study_uid, series_uid),
+                )
+            self._commit()
+
+        self._locked(forget)
 
     def _merged(
         self, sql: str, arguments: tuple[str, ...], expected: int | None

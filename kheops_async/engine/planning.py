@@ -126,29 +126,31 @@ async def _queue_query_studies(
         limiter=run.limiter,
     )
     shard = run.settings.shard
-    checking = _incremental(run, targets)
+    batching = run.settings.incremental and run.journal is not None
     batch: list[DicomRecord] = []
     async with contextlib.aclosing(pager):
         async for record in pager:
             uid = record.study_uid
+            if run.deletions is not None:
+                run.deletions.server_listed += 1
             if shard is not None and uid and is_valid_uid(uid) and not shard.contains(uid):
                 continue
-            if not checking:
+            if not batching:
                 await _queue_study(run, record, explicit, send)
                 continue
             batch.append(record)
             if len(batch) >= STUDY_CHECK_BATCH:
-                await _queue_changed_studies(run, batch, explicit, send)
+                await _queue_changed_studies(run, targets, batch, explicit, send)
                 batch = []
     if batch:
-        await _queue_changed_studies(run, batch, explicit, send)
+        await _queue_changed_studies(run, targets, batch, explicit, send)
     if pager.result.truncated:
         run.recorder.failure(
             SeriesFailure("", "", f"the study list is incomplete: {pager.result.warning}")
         )
 
 
-def _incremental(run: RunContext, targets: Targets) -> bool:
+def _skippable(run: RunContext, targets: Targets) -> bool:
     """Whether listed studies may be skipped on their counts (a sync of whole studies)."""
     settings = run.settings
     return (
@@ -162,6 +164,7 @@ def _incremental(run: RunContext, targets: Targets) -> bool:
 
 async def _queue_changed_studies(
     run: RunContext,
+    targets: Targets,
     records: list[DicomRecord],
     explicit: set[str],
     send: ObjectSendStream[_StudyJob],
@@ -174,6 +177,13 @@ async def _queue_changed_studies(
         for r in records
         if r.study_uid and is_valid_uid(r.study_uid) and r.study_uid not in explicit
     ]
+    deletions = run.deletions
+    if deletions is not None:
+        await anyio.to_thread.run_sync(deletions.listed.add, [uid for uid, _ in listed])
+    if not _skippable(run, targets):
+        for record in records:
+            await _queue_study(run, record, explicit, send)
+        return
     states = await anyio.to_thread.run_sync(check_studies, journal, run.root, listed)
     unchanged: set[str] = set()
     for state in states:
@@ -283,6 +293,9 @@ async def _plan_study(
             continue
         run.recorder.series_planned(plan.expected_instances)
         await send.send(plan)
+    if run.deletions is not None and wanted is None and not records.truncated:
+        listed = {record.series_uid for record in records.records}
+        await anyio.to_thread.run_sync(_plan_series_deletions, run, study_uid, listed)
     for series_uid in sorted((wanted or frozenset()) - found):
         run.recorder.failure(SeriesFailure(study_uid, series_uid, "series not found on the server"))
     unfiltered = wanted is None and not targets.series_filters and not only
@@ -303,3 +316,12 @@ async def _plan_study(
                 f"{job.expected_series} its study record counts",
             )
         )
+
+
+def _plan_series_deletions(run: RunContext, study_uid: str, listed: set[str | None]) -> None:
+    """``--delete``: the study's series in the journals that its series list lacks."""
+    journal, deletions = run.journal, run.deletions
+    assert journal is not None and deletions is not None
+    gone = [e for e in journal.study_entries(study_uid).values() if e.series_uid not in listed]
+    if gone:
+        deletions.add_found(journal.family, gone, "series no longer listed by the server")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from kheops_async.engine.deletion import Deleted
 from kheops_async.engine.settings import InstanceCallback
 from kheops_async.engine.study_check import StudyState
 from kheops_async.report import (
@@ -222,6 +223,26 @@ class Recorder:
             totals.series_updated += 1
         else:
             totals.series_new += 1
+
+    def deleted(self, deleted: Deleted, *, dry_run: bool) -> None:
+        """``sync --delete`` removed an instance (or, in a dry run, would)."""
+        totals = self.report.sync
+        if totals is not None:
+            totals.deleted += 1
+        log.info(
+            "%s %s: %s", "would delete" if dry_run else "deleted", deleted.path, deleted.reason
+        )
+        if self.table is not None and not dry_run:
+            self.table.write(
+                InstanceRecord(
+                    deleted.study_uid,
+                    deleted.series_uid,
+                    deleted.sop_uid,
+                    path=deleted.path,
+                    status=InstanceStatus.DELETED,
+                    error=deleted.reason,
+                )
+            )
 
     def planning_done(self) -> None:
         """Every series is known."""

@@ -23,6 +23,7 @@ from anyio.abc import ObjectReceiveStream
 from kheops_async.client import DicomWebClient
 from kheops_async.engine.breaker import OutageBreaker
 from kheops_async.engine.context import RunContext, is_fatal
+from kheops_async.engine.deletion import Deleted, DeletionPlan, apply_deletions
 from kheops_async.engine.journal import Journal, journal_name, journal_paths
 from kheops_async.engine.metadata import save_series_metadata
 from kheops_async.engine.planning import plan_series
@@ -95,9 +96,13 @@ async def download(
     lock: DestinationLock | None = None
     journal: Journal | None = None
     recorder: Recorder | None = None
+    deletions: DeletionPlan | None = None
     outcome = "failed"
     own_journal = journal_path(root, settings.shard)
     try:
+        if settings.delete:
+            _check_delete_targets(targets)
+            deletions = DeletionPlan(settings.shard)
         if settings.dry_run:
             journal = Journal.open_readonly(own_journal)
         else:
@@ -128,8 +133,11 @@ async def download(
                 root, settings.layout, journal, fsync=settings.fsync, checksum=settings.checksum
             ),
             journal=journal,
+            deletions=deletions,
         )
         await _plan_and_complete(run, targets, concurrency)
+        if deletions is not None:
+            await _delete_unlisted(run, deletions, report)
         outcome = "complete" if report.ok else "incomplete"
     except Exception as exc:
         # A fatal error in one task arrives wrapped in an exception group; the caller
@@ -146,6 +154,8 @@ async def download(
     finally:
         report.seconds = time.monotonic() - started
         with anyio.CancelScope(shield=True):
+            if deletions is not None:
+                deletions.close()
             try:
                 await anyio.to_thread.run_sync(_close, recorder, journal, temp, lock, outcome)
             except (OSError, StorageError) as exc:
@@ -174,6 +184,54 @@ async def sync(
     """
     settings = (settings or DownloadSettings()).with_options(incremental=True, **options)
     return await download(client, targets, destination, settings, progress=progress)
+
+
+def _check_delete_targets(targets: Targets) -> None:
+    """``delete`` needs the whole list of what the destination mirrors: a study query."""
+    if targets.studies or targets.series or targets.query is None:
+        raise ConfigurationError(
+            "--delete removes what the server no longer lists: it needs a study query "
+            "(the archive, an album, --search-filter), not --study-uid or --in-file"
+        )
+    if targets.series_filters or targets.only_series:
+        raise ConfigurationError(
+            "--delete works on whole studies: not with series-level filters or --series-uid"
+        )
+    if targets.limit is not None or targets.offset:
+        raise ConfigurationError("--delete needs the whole study list: not with --limit/--offset")
+
+
+async def _delete_unlisted(
+    run: RunContext, deletions: DeletionPlan, report: DownloadReport
+) -> None:
+    """After a run with no failure, remove what the server no longer lists (see deletion)."""
+    totals = report.sync
+    assert totals is not None
+    journal = run.journal
+    if journal is None:
+        return  # a dry run of a destination with no journal: nothing recorded to delete
+    if not report.ok:
+        failures = report.series_failed + report.failed
+        totals.delete_skipped = f"the run had {failures} failure{'s' if failures != 1 else ''}"
+    elif deletions.server_listed == 0:
+        totals.delete_skipped = "the server listed no study (a wrong URL, album or filter?)"
+    if totals.delete_skipped:
+        log.warning("--delete: nothing deleted, because %s", totals.delete_skipped)
+        return
+    dry_run = run.settings.dry_run
+    on_deleted = run.settings.on_deleted
+
+    def deleted(item: Deleted) -> None:
+        run.recorder.deleted(item, dry_run=dry_run)
+        if on_deleted is not None:
+            on_deleted(item)
+
+    def delete() -> None:
+        deletions.add_unlisted_studies(journal.family)
+        apply_deletions(run.root, journal, deletions, dry_run=dry_run, on_deleted=deleted)
+
+    with anyio.CancelScope(shield=True):  # files and rows go together
+        await anyio.to_thread.run_sync(delete)
 
 
 def _close(

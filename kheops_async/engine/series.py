@@ -29,11 +29,9 @@ Every failed attempt is counted by the run's breaker, every committed part reset
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -41,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from kheops_async.dicomfile import is_complete_part10
 from kheops_async.dicomjson import DicomRecord
+from kheops_async.engine.checksums import file_sha256
 from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.engine.journal import JournalEntry
 from kheops_async.engine.receiving import PartBody, receive_body
@@ -166,6 +165,8 @@ class SeriesJob:
             entries = await anyio.to_thread.run_sync(
                 journal.series_entries, plan.study_uid, plan.series_uid, self.expected
             )
+            if entries and self.run.deletions is not None:
+                entries = await self._without_unlisted(entries)
             if entries:
                 checked = await anyio.to_thread.run_sync(self._check_journal_entries, entries)
                 self._adopt(checked)
@@ -185,6 +186,24 @@ class SeriesJob:
             checked = await anyio.to_thread.run_sync(self._check_untracked, candidates)
             self._adopt(checked)
 
+    async def _without_unlisted(self, entries: dict[str, JournalEntry]) -> dict[str, JournalEntry]:
+        """``--delete``: plan the removal of recorded instances the server no longer lists.
+
+        Asked only when the journals hold more of the series than the server counts
+        (an instance list costs a request); the rest is returned.
+        """
+        if self.expected is None or len(entries) <= self.expected:
+            return entries
+        listed = {record.sop_uid for record in await self._instance_list()}
+        gone = [entry for sop_uid, entry in entries.items() if sop_uid not in listed]
+        if gone:
+            journal, deletions = self.run.journal, self.run.deletions
+            assert journal is not None and deletions is not None
+            await anyio.to_thread.run_sync(
+                deletions.add_found, journal.family, gone, "instance no longer listed by the server"
+            )
+        return {sop_uid: entry for sop_uid, entry in entries.items() if sop_uid in listed}
+
     def _check_journal_entries(self, entries: dict[str, JournalEntry]) -> _Checked:
         """Trusted: the recorded size and time; same size, other time: a DICOM check."""
         trusted: dict[str, JournalEntry] = {}
@@ -200,7 +219,7 @@ class SeriesJob:
             if stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns:
                 trusted[sop_uid] = entry
             elif stat.st_size == entry.size and (
-                _sha256_of(path) == entry.sha256
+                file_sha256(path) == entry.sha256
                 if entry.sha256
                 else is_complete_part10(path, sop_uid)
             ):
@@ -547,15 +566,6 @@ class SeriesJob:
                 self.run.recorder.instance(
                     self._record(sop_uid, str(path), InstanceStatus.PLANNED, None)
                 )
-
-
-def _sha256_of(path: Path) -> str:
-    """A file's sha256, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _discard_queued(receive: MemoryObjectReceiveStream[list[PartBody]]) -> None:

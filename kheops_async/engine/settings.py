@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kheops_async.defaults import DEFAULT_CONCURRENCY
 from kheops_async.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from kheops_async.engine.deletion import Deleted
 from kheops_async.layout import Layout
 from kheops_async.report import InstanceRecord
 from kheops_async.retry import RetryPolicy
@@ -54,6 +57,9 @@ class DownloadSettings:
       with a journal of its own.
     - ``incremental``: sync (:func:`~kheops_async.sync`): a listed study whose instance
       count and files match the journals is left alone, with no further request.
+    - ``delete``: with ``incremental``, remove the local instances the server no longer
+      lists, only after a run with no failure (see :mod:`~kheops_async.engine.deletion`);
+      ``on_deleted`` is called with each (in a dry run: each that would go).
     """
 
     concurrency: int | None = None
@@ -70,6 +76,8 @@ class DownloadSettings:
     outage_threshold: int = DEFAULT_OUTAGE_THRESHOLD
     shard: Shard | None = None
     incremental: bool = False
+    delete: bool = False
+    on_deleted: Callable[[Deleted], None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.layout, str):
@@ -80,6 +88,8 @@ class DownloadSettings:
             raise ConfigurationError("metadata_only must be 'series', 'instance' or None")
         if self.outage_threshold < 0:
             raise ConfigurationError("outage_threshold must be >= 0")
+        if self.delete and not self.incremental:
+            raise ConfigurationError("delete is a sync option (incremental=True)")
 
     def with_options(self, **options: Any) -> DownloadSettings:
         """A copy with some options changed; unknown names raise ConfigurationError."""

@@ -19,7 +19,6 @@ A ``sync`` afterwards repairs what verify found.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 import anyio
 
 from kheops_async.client import DicomWebClient
+from kheops_async.engine.checksums import file_sha256
 from kheops_async.engine.journal import Journal, JournalEntry
 from kheops_async.engine.planning import STUDY_COUNT_FIELDS
 from kheops_async.engine.state_dir import state_dir
@@ -210,20 +210,12 @@ def _check_file(
         return
     report.checksummed += 1
     try:
-        digest = _sha256_of(path)
+        digest = file_sha256(path)
     except OSError as exc:
         problem("missing", f"cannot be read: {exc.strerror}")
         return
     if digest != entry.sha256:
         problem("checksum", "its sha256 differs from the one recorded when it was written")
-
-
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- series -----------------------------------------------------------------------------
