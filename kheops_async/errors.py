@@ -99,6 +99,23 @@ class HTTPStatusError(KheopsAsyncError):
         self.url = url
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable (to cross a process boundary: ``--workers``), keywords and all."""
+        return (
+            _rebuild_status_error,
+            (type(self), str(self), self.status_code, self.url, self.retry_after),
+        )
+
+
+def _rebuild_status_error(
+    kind: type[HTTPStatusError],
+    message: str,
+    status_code: int,
+    url: str,
+    retry_after: float | None,
+) -> HTTPStatusError:
+    return kind(message, status_code=status_code, url=url, retry_after=retry_after)
+
 
 class AuthenticationError(HTTPStatusError):
     """401: the server wants a (valid) token or password."""

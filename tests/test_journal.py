@@ -74,9 +74,10 @@ def test_the_journal_records_every_file_and_series(
 ) -> None:
     done = run(server, tmp_path)
     assert done.stdout.strip() == "done", done.stderr
+    assert not journal_path(tmp_path).with_name("journal.sqlite-wal").exists()
     db = sqlite3.connect(journal_path(tmp_path))
-    try:
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    try:  # WAL while a run writes it; one plain file once closed (readable over NFS)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         rows = db.execute("SELECT path, sop_uid, size, mtime_ns FROM instances").fetchall()
         series = db.execute("SELECT expected, received, complete FROM series").fetchall()
     finally:
@@ -104,3 +105,15 @@ def test_a_disk_that_fills_up_stops_the_run_and_a_rerun_completes(
     again = run(server, tmp_path)
     assert again.stdout.strip() == "done", again.stderr
     assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_the_journal_is_in_wal_mode_while_a_run_writes_it(tmp_path: Path) -> None:
+    from kheops_async.engine.journal import Journal
+
+    journal = Journal.open(tmp_path / "journal.sqlite")
+    try:
+        reader = sqlite3.connect(tmp_path / "journal.sqlite")
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        reader.close()
+    finally:
+        journal.close()

@@ -60,3 +60,18 @@ def test_exported_names_are_pinned_and_sorted() -> None:
 def test_every_error_derives_from_the_root() -> None:
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.KheopsAsyncError)
+
+
+def test_status_errors_survive_pickling_for_worker_processes() -> None:
+    import pickle
+
+    for kind in (errors.AuthenticationError, errors.NotFoundError, errors.HTTPStatusError):
+        error = kind("HTTP 4xx from u", status_code=401, url="http://h/x", retry_after=2.0)
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is kind
+        assert (str(copy), copy.status_code, copy.url, copy.retry_after) == (
+            "HTTP 4xx from u",
+            401,
+            "http://h/x",
+            2.0,
+        )

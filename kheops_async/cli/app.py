@@ -213,6 +213,13 @@ def _run_download(
         raise click.UsageError(
             "sync mirrors instances; for metadata use 'download studies --meta-only'", ctx
         )
+    workers = int(options["workers"])
+    if workers > 1 and options["shard"] is not None:
+        raise click.UsageError(
+            "--workers N shards the studies itself: give --workers or --shard, not both", ctx
+        )
+    if workers > 1 and options["dry_run"]:
+        raise click.UsageError("--dry-run plans in one process: drop --workers", ctx)
     job = DownloadJob(
         kind=kind,
         selection=_selection(ctx, options, series_level=kind != "studies"),
@@ -230,6 +237,8 @@ def _run_download(
             delete=bool(options.get("delete")),
         ),
         progress_interval=options["progress_interval"],
+        workers=workers,
+        connection=connection,
     )
     return run_command(connection, output, job.run)
 

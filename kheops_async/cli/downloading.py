@@ -27,7 +27,7 @@ from kheops_async.cli.humanize import printable
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.cli.progress import DEFAULT_LOG_INTERVAL, ProgressDisplay
 from kheops_async.cli.selection import Selection
-from kheops_async.cli.settings import OutputSettings
+from kheops_async.cli.settings import ConnectionSettings, OutputSettings
 from kheops_async.cli.summary import failure_lines, summary_lines
 from kheops_async.cli.tables import PlanTable, timestamp
 from kheops_async.client import DicomWebClient
@@ -35,6 +35,7 @@ from kheops_async.engine import DownloadSettings, download
 from kheops_async.engine.deletion import Deleted
 from kheops_async.errors import KheopsAsyncError
 from kheops_async.report import DownloadProgress, DownloadReport
+from kheops_async.shards import Shard
 from kheops_async.targets import Targets
 
 __all__ = ["DownloadJob"]
@@ -60,16 +61,21 @@ class DownloadJob:
     output: OutputSettings
     settings: DownloadSettings = field(default_factory=DownloadSettings)
     progress_interval: float = DEFAULT_LOG_INTERVAL
+    workers: int = 1
+    """Shard processes (:mod:`~kheops_async.cli.workers`); 1: this process downloads."""
+    connection: ConnectionSettings | None = field(default=None, repr=False)
+    """What each worker connects with (needed when ``workers > 1``)."""
 
     @property
     def table_name(self) -> str:
         """The instance table's file name (kheops-client's for downloads), per shard."""
+        return self._table_name(self.settings.shard, timestamp())
+
+    def _table_name(self, shard: Shard | None, when: str) -> str:
         if self.kind == "sync":
-            stem = f"synced_instances_{timestamp()}"
+            stem = f"synced_instances_{when}"
         else:
-            stem = f"downloaded_{'study' if self.kind == 'studies' else 'series'}_instances_"
-            stem += timestamp()
-        shard = self.settings.shard
+            stem = f"downloaded_{'study' if self.kind == 'studies' else 'series'}_instances_{when}"
         if shard is not None and shard.count > 1:
             stem += f"_{shard.name}"
         return f"{stem}.csv"
@@ -121,7 +127,7 @@ class DownloadJob:
             interval=self.progress_interval,
             per_series=self.output.verbosity >= 1,
             handler=handler,
-            concurrency=settings.concurrency or client.concurrency,
+            concurrency=(settings.concurrency or client.concurrency) * self.workers,
         )
         report: DownloadReport | None = None
         stopped_by: KheopsAsyncError | None = None
@@ -129,9 +135,12 @@ class DownloadJob:
             async with anyio.create_task_group() as group:
                 group.start_soon(display.run)
                 try:
-                    report = await download(
-                        client, targets, self.output.out_dir, settings, progress=progress
-                    )
+                    if self.workers > 1:
+                        report = await self._download_in_workers(targets, settings, progress)
+                    else:
+                        report = await download(
+                            client, targets, self.output.out_dir, settings, progress=progress
+                        )
                 except KheopsAsyncError as exc:  # raised below, not wrapped in a group
                     stopped_by = exc
                 finally:
@@ -143,6 +152,26 @@ class DownloadJob:
         if report is None:  # pragma: no cover - the task group re-raises the failure
             raise RuntimeError("the download ended without a report")
         return report
+
+    async def _download_in_workers(
+        self, targets: Targets, settings: DownloadSettings, progress: DownloadProgress
+    ) -> DownloadReport:
+        """``--workers N``: N shard processes, their progress summed into ``progress``."""
+        from kheops_async.cli.logging_setup import level_for
+        from kheops_async.cli.workers import run_workers, worker_tasks
+
+        assert self.connection is not None
+        when = timestamp()
+        tasks = worker_tasks(
+            self.workers,
+            self.connection,
+            targets,
+            self.output.out_dir,
+            settings,
+            lambda shard: self.output.out_dir / self._table_name(shard, when),
+            level_for(self.output.verbosity, self.output.quiet),
+        )
+        return await run_workers(tasks, progress)
 
     def _finish(
         self, report: DownloadReport, plan: PlanTable, *, stopped: bool = False
@@ -167,6 +196,12 @@ class DownloadJob:
         elif not quiet:
             for line in summary_lines(report, stopped=stopped):
                 click.echo(line, err=True)
+            if self.workers > 1:
+                click.echo(
+                    f"workers: {self.workers} processes, each with its own table and journal "
+                    f"(shard-I-of-{self.workers} in their names)",
+                    err=True,
+                )
         if stopped:
             return ExitCode.INCOMPLETE  # the caller re-raises the error that stopped the run
         if report.ok:

@@ -94,6 +94,9 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         return ExitCode.INTERRUPTED
     if isinstance(exc, click.ClickException):
         return ExitCode.USAGE
+    passed_on = getattr(exc, "exit_code", None)  # a worker's error (cli.workers)
+    if isinstance(exc, KheopsAsyncError) and isinstance(passed_on, int):
+        return ExitCode(passed_on)
     if isinstance(exc, AuthenticationError | PermissionDeniedError):
         return ExitCode.AUTH
     if isinstance(exc, ConfigurationError | StorageError):

@@ -49,6 +49,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 VERBOSITY_KEY = "kheops_async.verbosity"
 QUIET_KEY = "kheops_async.quiet"
 MAX_CONCURRENCY = 64
+MAX_WORKERS = 64
 
 if TYPE_CHECKING:  # click >= 8.2 types ParamType by its value; 8.1 is not subscriptable
     from kheops_async.shards import Shard
@@ -512,6 +513,15 @@ def download_options(function: F) -> F:
             "coordinator, each with a journal of its own. 'auto': from a Slurm array "
             "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) or a Kubernetes Indexed Job "
             "(JOB_COMPLETION_INDEX, KHEOPS_SHARD_COUNT).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=1, max=MAX_WORKERS),
+            default=1,
+            show_default=True,
+            help="Processes on this machine, each taking one shard of the studies (as "
+            "--shard I/N with N the count), under one display, one summary and one exit "
+            "status; -j applies to each.",
         ),
         click.option(
             "--progress-interval",

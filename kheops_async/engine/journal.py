@@ -27,6 +27,7 @@ others only for what it lacks.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -243,11 +244,23 @@ class Journal:
                         (time.time(), outcome, self.run_id),
                     )
                     self._commit()
+                    self._leave_wal()
             except sqlite3.Error as exc:
                 raise StorageError(f"writing the journal {self.path} failed: {exc}") from None
             finally:
                 self._db.close()
                 self._closed = True
+
+    def _leave_wal(self) -> None:
+        """Fold the WAL back into the file, so that a closed journal is one plain file.
+
+        Other shards, maybe on other hosts of a shared file system where WAL's shared
+        memory does not work, then read a self-contained database. Best effort: while
+        another process has the journal open, SQLite keeps WAL mode (the next run
+        sets it again anyway).
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA journal_mode=DELETE")
 
     # -- transactions --------------------------------------------------------------
 
