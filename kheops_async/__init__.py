@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         journal_path,
         sync,
     )
+    from kheops_async.engine.verify import VerifyReport, verify
     from kheops_async.errors import (
         AuthenticationError,
         ConfigurationError,
@@ -73,6 +74,8 @@ _LAZY: dict[str, str] = {
     "download": "kheops_async.engine",
     "journal_path": "kheops_async.engine",
     "sync": "kheops_async.engine",
+    "verify": "kheops_async.engine.verify",
+    "VerifyReport": "kheops_async.engine.verify",
     "AuthenticationError": "kheops_async.errors",
     "ConfigurationError": "kheops_async.errors",
     "HTTPStatusError": "kheops_async.errors",
@@ -149,10 +152,12 @@ __all__ = [
     "TimeoutError_",
     "TransportError",
     "TruncatedBodyError",
+    "VerifyReport",
     "__version__",
     "download",
     "journal_path",
     "sync",
+    "verify",
 ]
 
 

@@ -48,10 +48,12 @@ def test_exported_names_are_pinned_and_sorted() -> None:
         "TimeoutError_",
         "TransportError",
         "TruncatedBodyError",
+        "VerifyReport",
         "__version__",
         "download",
         "journal_path",
         "sync",
+        "verify",
     }
     for name in kheops_async.__all__:
         assert getattr(kheops_async, name) is not None
