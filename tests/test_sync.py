@@ -320,3 +320,16 @@ def test_delete_by_a_shard_leaves_other_shards_studies_alone(
     assert_ok(result)
     for study in STUDIES:
         assert (tmp_path / study).is_dir() == (shard_of(study, 2) != 1), study
+
+
+def test_a_damaged_journal_of_another_shard_is_left_out_with_a_warning(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    assert_ok(cli(server, tmp_path))
+    (tmp_path / ".kheops-async" / "journal.shard-1-of-2.sqlite").write_bytes(b"not SQLite" * 100)
+    server.reset_stats()
+    result = cli(server, tmp_path)
+    assert_ok(result)
+    assert "journal.shard-1-of-2.sqlite" in result.stderr
+    assert "checked as untracked files" in result.stderr
+    assert wado(server) == []  # its own journal still knows everything

@@ -157,7 +157,7 @@ class DownloadJob:
         self, targets: Targets, settings: DownloadSettings, progress: DownloadProgress
     ) -> DownloadReport:
         """``--workers N``: N shard processes, their progress summed into ``progress``."""
-        from kheops_async.cli.logging_setup import level_for
+        from kheops_async.cli.logging_setup import TRACEBACK_VERBOSITY, level_for
         from kheops_async.cli.workers import run_workers, worker_tasks
 
         assert self.connection is not None
@@ -170,6 +170,7 @@ class DownloadJob:
             settings,
             lambda shard: self.output.out_dir / self._table_name(shard, when),
             level_for(self.output.verbosity, self.output.quiet),
+            http_logs=self.output.verbosity >= TRACEBACK_VERBOSITY,
         )
         return await run_workers(tasks, progress)
 

@@ -39,6 +39,7 @@ from typing import Any
 import anyio
 
 from kheops_async.cli.exit_codes import ExitCode, exit_code_for, primary_error
+from kheops_async.cli.logging_setup import HTTP_LOGGERS
 from kheops_async.cli.settings import ConnectionSettings
 from kheops_async.engine import DownloadSettings, download
 from kheops_async.errors import KheopsAsyncError
@@ -83,6 +84,8 @@ class WorkerTask:
     destination: Path
     settings: DownloadSettings
     log_level: int
+    http_logs: bool = False
+    """``-vvv``: the HTTP libraries' records too."""
 
 
 @dataclass
@@ -120,8 +123,10 @@ def _worker_main(task: WorkerTask, channel: Any) -> None:
     root.handlers[:] = [logging.handlers.QueueHandler(channel)]
     root.setLevel(task.log_level)
     root.propagate = False
-    logging.getLogger("httpx").addHandler(logging.handlers.QueueHandler(channel))
-    logging.getLogger("httpx").setLevel(max(task.log_level, logging.DEBUG))
+    if task.http_logs:
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).addHandler(logging.handlers.QueueHandler(channel))
+            logging.getLogger(name).setLevel(logging.DEBUG)
     sent = [0.0]
 
     def send_progress(progress: DownloadProgress, *, force: bool = False) -> None:
@@ -196,6 +201,7 @@ def worker_tasks(
     settings: DownloadSettings,
     table_for: Any,
     log_level: int,
+    http_logs: bool = False,
 ) -> list[WorkerTask]:
     """One task per shard; ``table_for(shard)`` names each worker's instance table."""
     tasks = []
@@ -216,6 +222,7 @@ def worker_tasks(
                     on_deleted=None,
                 ),
                 log_level,
+                http_logs,
             )
         )
     return tasks

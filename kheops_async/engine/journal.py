@@ -28,6 +28,7 @@ others only for what it lacks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -55,6 +56,7 @@ COMMIT_ROWS = 500
 SCHEMA_VERSION = 1
 
 T = TypeVar("T")
+log = logging.getLogger("kheops_async")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -222,12 +224,22 @@ class Journal:
         return [self, *self.others]
 
     def consult(self, paths: list[Path]) -> None:
-        """Open the destination's other journals read-only, for lookups this one lacks."""
+        """Open the destination's other journals read-only, for lookups this one lacks.
+
+        One that cannot be read (damaged, from a newer version) is left out with a
+        warning: its files are then untracked, and checked as DICOM before they are
+        trusted, so the run is slower but still right.
+        """
         for path in paths:
-            if path != self.path:
+            if path == self.path:
+                continue
+            try:
                 other = Journal.open_readonly(path)
-                if other is not None:
-                    self.others.append(other)
+            except StorageError as exc:
+                log.warning("%s; its files are checked as untracked files", exc)
+                continue
+            if other is not None:
+                self.others.append(other)
 
     def close(self, outcome: str = "done") -> None:
         """Commit what is pending, note the run's end, close (idempotent)."""
