@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from click.testing import CliRunner
 from treecheck import assert_no_temp_files, assert_tree_holds
 
 from kheops_async import DicomWebClient, Shard, Targets, download, sync
+from kheops_async.cli import ExitCode, main
 from kheops_async.demo import (
     OrthancDataset,
     OrthancServer,
@@ -107,6 +110,15 @@ async def test_partial_tree_grows_then_nothing_new_then_damage_then_a_new_study(
         path.unlink()
         found = await verify(tmp_path)
         assert [(p.kind, p.sop_uid) for p in found.problems] == [("missing", victim.sop_uid)]
+        command = await anyio.to_thread.run_sync(  # the command runs its own event loop
+            lambda: CliRunner().invoke(main, ["verify", "--out-dir", str(tmp_path)])
+        )
+        assert command.exit_code == ExitCode.INCOMPLETE
+        relative = path.relative_to(tmp_path).as_posix()
+        assert (
+            command.stdout
+            == f"missing: {relative} (SOPInstanceUID {victim.sop_uid}): not on disk\n"
+        )
         log.clear()
         repaired = await sync(client, Targets(query={}), tmp_path)
         assert repaired.ok and repaired.repaired == 1
