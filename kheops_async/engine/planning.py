@@ -36,8 +36,12 @@ __all__ = ["MAX_PLANNERS", "PLANNER_BUFFER", "STUDY_COUNT_FIELDS", "plan_series"
 
 log = logging.getLogger("kheops_async")
 
-MAX_PLANNERS = 4
-"""Tasks expanding studies into series at once (each holds a request slot while it asks)."""
+MAX_PLANNERS = 8
+"""Tasks expanding studies into series at once, at most one per request slot (each holds
+a slot while it asks). As many as the slots: the series of the first studies are all
+asked for at once, so every worker has a series one round trip after the study list
+(with half as many, at 40 ms of round trip, the 560-instance archive's last study was
+listed 0.28 s into a 0.85 s run)."""
 PLANNER_BUFFER = 16
 """Studies queued for the planners: bounded, so a huge study list costs no memory here."""
 STUDY_COUNT_FIELDS = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
@@ -95,7 +99,7 @@ async def plan_series(
         study_send, study_receive = anyio.create_memory_object_stream[_StudyJob](PLANNER_BUFFER)
         concurrency = run.limiter.total_tokens
         async with anyio.create_task_group() as group:
-            for _ in range(max(1, min(MAX_PLANNERS, int(concurrency) // 2))):
+            for _ in range(max(1, min(MAX_PLANNERS, int(concurrency)))):
                 group.start_soon(
                     _planner, run, targets, seen, found_series, study_receive.clone(), send.clone()
                 )

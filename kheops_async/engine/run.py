@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream
 
 from kheops_async.client import DicomWebClient
 from kheops_async.engine.breaker import OutageBreaker
@@ -28,6 +27,7 @@ from kheops_async.engine.journal import Journal, journal_name, journal_paths
 from kheops_async.engine.metadata import save_series_metadata
 from kheops_async.engine.planning import plan_series
 from kheops_async.engine.recorder import InstanceTable, Recorder
+from kheops_async.engine.scheduling import LargestFirst
 from kheops_async.engine.series import SeriesJob
 from kheops_async.engine.settings import DownloadSettings
 from kheops_async.engine.sink import PartSink
@@ -254,18 +254,18 @@ def _close(
 
 
 async def _plan_and_complete(run: RunContext, targets: Targets, concurrency: int) -> None:
+    """Planners feed ``concurrency`` workers, each taking the largest series planned."""
     send, receive = anyio.create_memory_object_stream[SeriesPlan](concurrency * 2)
-    async with anyio.create_task_group() as group:
+    chooser = LargestFirst(receive, capacity=concurrency * 2)
+    async with receive, anyio.create_task_group() as group:
         group.start_soon(plan_series, run, targets, send)
         for _ in range(concurrency):
-            group.start_soon(_worker, run, receive.clone())
-        receive.close()
+            group.start_soon(_worker, run, chooser)
 
 
-async def _worker(run: RunContext, receive: ObjectReceiveStream[SeriesPlan]) -> None:
-    async with receive:
-        async for plan in receive:
-            await _complete_series(run, plan)
+async def _worker(run: RunContext, chooser: LargestFirst) -> None:
+    while (plan := await chooser.next()) is not None:
+        await _complete_series(run, plan)
 
 
 async def _complete_series(run: RunContext, plan: SeriesPlan) -> None:
