@@ -117,3 +117,26 @@ def test_the_journal_is_in_wal_mode_while_a_run_writes_it(tmp_path: Path) -> Non
         reader.close()
     finally:
         journal.close()
+
+
+def test_a_walk_of_a_closed_journal_does_not_keep_its_owner_out(tmp_path: Path) -> None:
+    """verify reads a journal page by page: a run can start on it meanwhile."""
+    import time
+
+    from kheops_async.engine.journal import PAGE_ROWS, Journal, JournalEntry
+
+    path = tmp_path / "journal.sqlite"
+    writer = Journal.open(path)
+    for n in range(PAGE_ROWS * 2 + 5):
+        writer.add_instance(JournalEntry(f"a/{n}.dcm", f"1.2.{n}", "1.2", "1.2.1", 10, 1))
+    writer.close()
+    reader = Journal.open_readonly(path)
+    assert reader is not None
+    walk = reader.iter_entries()
+    next(walk)  # the walk is under way
+    started = time.monotonic()
+    owner = Journal.open(path)  # switches the file back to WAL mode: needs it alone
+    owner.close()
+    assert time.monotonic() - started < 2.0
+    assert sum(1 for _ in walk) == PAGE_ROWS * 2 + 4
+    reader.close()

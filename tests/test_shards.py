@@ -171,6 +171,8 @@ def test_three_shards_together_mirror_the_archive_each_series_fetched_once(
     assert retrieved_series(server) == Counter(every_series)  # once each, no more
     journals = sorted(p.name for p in (tmp_path / ".kheops-async").glob("*.sqlite"))
     assert journals == [f"journal.shard-{i}-of-3.sqlite" for i in range(SHARDS)]
+    # siblings never open each other: each closed journal is one plain file again
+    assert list((tmp_path / ".kheops-async").glob("*-wal")) == []
     for index in range(SHARDS):
         db = sqlite3.connect(tmp_path / ".kheops-async" / journals[index])
         studies = {row[0] for row in db.execute("SELECT DISTINCT study_uid FROM instances")}

@@ -333,3 +333,104 @@ def test_a_damaged_journal_of_another_shard_is_left_out_with_a_warning(
     assert "journal.shard-1-of-2.sqlite" in result.stderr
     assert "checked as untracked files" in result.stderr
     assert wado(server) == []  # its own journal still knows everything
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_a_listed_study_without_a_uid_fails_the_run_and_deletes_nothing(
+    server: FakeDicomWebServer,
+    archive: FakeArchive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fakeserver import server as fake
+
+    assert_ok(cli(server, tmp_path))
+    original = fake.FakeDicomWebServer._study_json
+
+    def without_uid(self: FakeDicomWebServer, ctx: object, row: object) -> dict[str, object]:
+        record = original(self, ctx, row)  # type: ignore[arg-type]
+        if record["0020000D"]["Value"] == [STUDIES[1]]:  # type: ignore[index]
+            record["0020000D"] = {"vr": "UI"}
+        return record
+
+    monkeypatch.setattr(fake.FakeDicomWebServer, "_study_json", without_uid)
+    result = cli(server, tmp_path, "--delete")
+    assert result.exit_code == ExitCode.INCOMPLETE
+    assert "the server listed a study without a StudyInstanceUID" in result.stderr
+    assert "--delete: nothing deleted" in result.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+
+
+def test_delete_sees_every_journal_even_when_its_own_has_the_count(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    """An instance recorded only by another journal is counted (and deleted) too."""
+    import time
+
+    from kheops_async.shards import shard_of
+
+    study = STUDIES[0]
+    index = shard_of(study, 2)
+    assert_ok(cli(server, tmp_path))  # journal.sqlite records all 8 instances of it
+    gone = f"{study}.1.4"
+    archive.remove(study, f"{study}.1", gone)
+    for instance in instances_of(archive, [study])[:7]:  # touched: adopted by the shard
+        path = tmp_path / study / instance.series_uid / f"{instance.sop_uid}.dcm"  # type: ignore[attr-defined]
+        os.utime(path, ns=(time.time_ns(), time.time_ns()))
+    assert_ok(cli(server, tmp_path, "--shard", f"{index}/2"))
+    result = cli(server, tmp_path, "--delete", "--shard", f"{index}/2")
+    assert_ok(result)
+    assert not (tmp_path / study / f"{study}.1" / f"{gone}.dcm").exists()
+    verified = cli(server, tmp_path, "verify", "--url", server.base_url)
+    assert verified.exit_code == ExitCode.OK, verified.output
+
+
+def test_dry_runs_read_the_other_journals_when_there_is_none_of_their_own(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    result = cli(server, empty, "--delete", "--dry-run")
+    assert_ok(result)  # no journal at all: nothing to delete, no crash
+    sharded = tmp_path / "sharded"
+    for index in range(2):
+        assert_ok(cli(server, sharded, "--shard", f"{index}/2"))
+    server.reset_stats()
+    planned = cli(server, sharded, "--dry-run", "--delete")
+    assert_ok(planned)
+    assert series_queries(server) == []  # every study known from the shards' journals
+    assert "0 instances of 0 series would be downloaded" in planned.stderr
+
+
+def test_a_truncated_instance_list_is_a_failure_not_a_count(tmp_path: Path) -> None:
+    study = "1.2.40.0.55.500"
+    archive = make_tree_archive([study], series_per_study=1, instances_per_series=8, size=300)
+    with FakeDicomWebServer(archive, token=TOKEN, max_results=5) as srv:
+        assert_ok(cli(srv, tmp_path))
+        (tmp_path / study / f"{study}.1" / f"{study}.1.8.dcm").unlink()
+        result = cli(srv, tmp_path, "--page-size", "0")  # one request: the cap cuts it
+    assert result.exit_code == ExitCode.INCOMPLETE
+    assert f"the instance list of series {study}.1 is incomplete" in result.stderr
+
+
+def test_an_instance_replaced_with_the_count_unchanged_needs_deep(
+    server: FakeDicomWebServer, archive: FakeArchive, tmp_path: Path
+) -> None:
+    """The fast path trusts counts (documented); --deep compares instance by instance."""
+    assert_ok(cli(server, tmp_path))
+    study, series = STUDIES[2], f"{STUDIES[2]}.1"
+    archive.remove(study, series, f"{series}.3")
+    added = archive.add_part10(make_instance(study, series, f"{series}.9", seed=99))
+    server.reset_stats()
+    plain = cli(server, tmp_path, "--delete")
+    assert_ok(plain)
+    assert wado(server) == [] and "0 changed, 6 unchanged" in plain.stderr  # unseen
+
+    server.reset_stats()
+    deep = cli(server, tmp_path, "--deep", "--delete")
+    assert_ok(deep)
+    assert [r.path.rsplit("/", 1)[1] for r in wado(server)] == [added.sop_uid]
+    assert ", 1 deleted" in deep.stderr
+    assert_tree_holds(tmp_path, archive.all_instances())
+    assert len(series_queries(server)) == len(STUDIES)  # every study looked into

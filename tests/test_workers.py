@@ -208,3 +208,25 @@ def test_reports_merge_into_one() -> None:
         1,
     )
     assert merged.sync.delete_skipped == "the run had 1 failure"
+
+
+def test_a_worker_that_ended_between_two_polls_keeps_its_report() -> None:
+    """Its last message is still in the pipe when the parent sees it dead."""
+    import queue
+
+    from kheops_async.cli.workers import _notice_dead, _WorkerState
+    from kheops_async.report import DownloadProgress
+
+    class Ended:
+        exitcode = 0
+
+        def is_alive(self) -> bool:
+            return False
+
+    channel: queue.Queue[object] = queue.Queue()
+    report = DownloadReport(written=3)
+    channel.put(("done", 0, report))
+    states = [_WorkerState(Ended())]
+    _notice_dead(channel, states, DownloadProgress())
+    assert states[0].finished and states[0].error is None
+    assert states[0].report is report

@@ -235,6 +235,7 @@ def _run_download(
             shard=options["shard"],
             incremental=kind == "sync",
             delete=bool(options.get("delete")),
+            deep=bool(options.get("deep")),
         ),
         progress_interval=options["progress_interval"],
         workers=workers,

@@ -439,6 +439,13 @@ def sync_options(function: F) -> F:
     return _apply(
         download_options,
         click.option(
+            "--deep",
+            is_flag=True,
+            help="Also list the instances of every series (one query each) and compare "
+            "them one by one: finds an instance the server replaced with the counts "
+            "unchanged (slower: no study is skipped on its count).",
+        ),
+        click.option(
             "--delete",
             is_flag=True,
             help="Also remove the local instances the server no longer lists (studies, "

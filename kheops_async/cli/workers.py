@@ -248,7 +248,7 @@ async def run_workers(tasks: list[WorkerTask], progress: DownloadProgress) -> Do
             await _receive(channel, states, progress)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_stop_all, states, channel)
+            await anyio.to_thread.run_sync(_stop_all, states, channel, progress)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -260,9 +260,21 @@ async def _receive(channel: Any, states: list[_WorkerState], progress: DownloadP
     try:
         message = await anyio.to_thread.run_sync(channel.get, True, POLL_SECONDS)
     except queue.Empty:
-        _notice_dead(states)
+        _notice_dead(channel, states, progress)
         return
     _handle(message, states, progress)
+
+
+def _drain(channel: Any, states: list[_WorkerState], progress: DownloadProgress) -> None:
+    """Handle every message already in the pipe."""
+    while True:
+        try:
+            message = channel.get(True, POLL_SECONDS / 10)
+        except queue.Empty:
+            return
+        except (EOFError, OSError):
+            return
+        _handle(message, states, progress)
 
 
 def _handle(message: Any, states: list[_WorkerState], progress: DownloadProgress) -> None:
@@ -282,8 +294,15 @@ def _handle(message: Any, states: list[_WorkerState], progress: DownloadProgress
         state.error, state.report, state.finished = message[2], message[3], True
 
 
-def _notice_dead(states: list[_WorkerState]) -> None:
-    """A worker that died without a word (killed): its end, with its exit status."""
+def _notice_dead(channel: Any, states: list[_WorkerState], progress: DownloadProgress) -> None:
+    """A worker that died without a word (killed): its end, with its exit status.
+
+    Its last messages may still be in the pipe (it wrote them, then exited between
+    two polls): they are read first.
+    """
+    if all(s.finished or s.process.is_alive() for s in states):
+        return
+    _drain(channel, states, progress)
     for index, state in enumerate(states):
         if not state.finished and not state.process.is_alive():
             code = state.process.exitcode
@@ -315,8 +334,12 @@ def _add_up(states: list[_WorkerState], progress: DownloadProgress) -> None:
     progress.series_seen = order
 
 
-def _stop_all(states: list[_WorkerState], channel: Any) -> None:
-    """Ctrl-C (or an error) in the parent: SIGTERM to each worker, wait, then kill."""
+def _stop_all(states: list[_WorkerState], channel: Any, progress: DownloadProgress) -> None:
+    """Ctrl-C (or an error) in the parent: SIGTERM to each worker, wait, then kill.
+
+    The pipe is read meanwhile (a worker blocks on a full pipe), and what comes is
+    handled: the workers' last log records are printed.
+    """
     for state in states:
         if state.process.is_alive():
             with contextlib.suppress(OSError):
@@ -324,11 +347,11 @@ def _stop_all(states: list[_WorkerState], channel: Any) -> None:
     deadline = time.monotonic() + STOP_SECONDS
     for state in states:
         while state.process.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                channel.get(True, POLL_SECONDS)  # keep the pipe drained: a worker may block
+            _drain(channel, states, progress)
         if state.process.is_alive():
             state.process.kill()
         state.process.join(5)
+    _drain(channel, states, progress)
 
 
 def _outcome(states: list[_WorkerState]) -> DownloadReport:

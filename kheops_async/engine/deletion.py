@@ -166,12 +166,18 @@ def _apply(
         return len(batch)
     with _journal_lock(Path(journal_path)):
         other = Journal.open_for_edit(Path(journal_path))
-        try:
+        try:  # under its lock, look again: a run may have changed a row since
+            batch = [d for d in batch if _still_recorded(other, d)]
             _remove_files(root, batch, on_deleted)
             other.forget([d.path for d in batch])
         finally:
             other.close()
     return len(batch)
+
+
+def _still_recorded(journal: Journal, deleted: Deleted) -> bool:
+    found = journal.entry_at(deleted.path)
+    return found is not None and found[0].sop_uid == deleted.sop_uid
 
 
 @contextlib.contextmanager

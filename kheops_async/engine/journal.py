@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -53,6 +54,8 @@ JOURNAL_NAME = "journal.sqlite"
 """The journal of unsharded runs; a shard's is ``journal.shard-I-of-N.sqlite``."""
 COMMIT_ROWS = 500
 """Instance rows per transaction at most (also committed at the end of each series)."""
+PAGE_ROWS = 1000
+"""Rows read per query when a whole journal is walked (verify, --delete)."""
 SCHEMA_VERSION = 1
 
 T = TypeVar("T")
@@ -95,12 +98,29 @@ def journal_name(shard: str | None) -> str:
     return JOURNAL_NAME if shard is None else f"journal.{shard}.sqlite"
 
 
-def journal_paths(state: Path) -> list[Path]:
-    """Every journal in a state directory: the unsharded one first, then by name."""
+_SHARD_JOURNAL = re.compile(r"^journal\.shard-(\d+)-of-(\d+)\.sqlite$")
+
+
+def journal_paths(state: Path, *, sibling_of: str | None = None) -> list[Path]:
+    """Every journal in a state directory: the unsharded one first, then by name.
+
+    ``sibling_of`` (a shard's name, ``shard-2-of-8``) leaves out the journals of the
+    other shards of the same count: they never hold this shard's studies, and a shard
+    that kept them open would keep their WAL files from being folded in.
+    """
     try:
         found = [p for p in state.glob("journal*.sqlite") if p.is_file()]
     except OSError:
         return []
+    own = _SHARD_JOURNAL.match(journal_name(sibling_of)) if sibling_of else None
+    if own is not None:
+        found = [
+            p
+            for p in found
+            if p.name == journal_name(sibling_of)
+            or (match := _SHARD_JOURNAL.match(p.name)) is None
+            or match.group(2) != own.group(2)
+        ]
     return sorted(found, key=lambda p: (p.name != JOURNAL_NAME, p.name))
 
 
@@ -158,9 +178,9 @@ class Journal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=10000")  # first: WAL needs a moment alone
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_SCHEMA)
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -294,19 +314,16 @@ class Journal:
 
     # -- instances -----------------------------------------------------------------
 
-    def series_entries(
-        self, study_uid: str, series_uid: str, expected: int | None = None
-    ) -> dict[str, JournalEntry]:
-        """The committed instances of one series, by SOPInstanceUID (every journal).
+    def series_entries(self, study_uid: str, series_uid: str) -> dict[str, JournalEntry]:
+        """The committed instances of one series, by SOPInstanceUID, in every journal.
 
-        The other journals are asked only when this one holds fewer than ``expected``
-        (or when no count is known); an instance this one knows is taken from here.
+        An instance this journal knows is taken from here; the others add what it lacks.
         """
-        return self._merged(_SERIES_ENTRIES, (study_uid, series_uid), expected)
+        return self._merged(_SERIES_ENTRIES, (study_uid, series_uid))
 
-    def study_entries(self, study_uid: str, expected: int | None = None) -> dict[str, JournalEntry]:
-        """The committed instances of one study, by SOPInstanceUID (as :meth:`series_entries`)."""
-        return self._merged(_STUDY_ENTRIES, (study_uid,), expected)
+    def study_entries(self, study_uid: str) -> dict[str, JournalEntry]:
+        """The committed instances of one study, as :meth:`series_entries`."""
+        return self._merged(_STUDY_ENTRIES, (study_uid,))
 
     def own_study_entries(self, study_uid: str) -> dict[str, JournalEntry]:
         """The instances of one study that this journal (only) records."""
@@ -335,13 +352,10 @@ class Journal:
 
         self._locked(forget)
 
-    def _merged(
-        self, sql: str, arguments: tuple[str, ...], expected: int | None
-    ) -> dict[str, JournalEntry]:
+    def _merged(self, sql: str, arguments: tuple[str, ...]) -> dict[str, JournalEntry]:
+        """Every journal asked, always: a count must see an instance any of them holds."""
         entries = self._entries(sql, arguments)
         for other in self.others:
-            if expected is not None and len(entries) >= expected:
-                break
             for sop_uid, entry in other._entries(sql, arguments).items():
                 entries.setdefault(sop_uid, entry)
         return entries
@@ -355,15 +369,22 @@ class Journal:
     def iter_entries(self) -> Iterator[tuple[JournalEntry, float]]:
         """Every instance of this journal (not the others), with when it was written.
 
-        Streamed from SQLite, in path order: memory does not grow with the journal.
-        For a read-only journal (verify), from one thread.
+        In path order, :data:`PAGE_ROWS` rows per query: memory does not grow with the
+        journal, and no read stays open long enough to keep its owner waiting (a run
+        that starts must switch the file to WAL mode, which needs it alone a moment).
         """
-        rows = self._db.execute(
-            "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
-            "FROM instances ORDER BY path"
-        )
-        for row in rows:
-            yield JournalEntry(*row[:7]), float(row[7])
+        last = ""
+        while True:
+            rows = self._db.execute(
+                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
+                "FROM instances WHERE path > ? ORDER BY path LIMIT ?",
+                (last, PAGE_ROWS),
+            ).fetchall()
+            for row in rows:
+                yield JournalEntry(*row[:7]), float(row[7])
+            if len(rows) < PAGE_ROWS:
+                return
+            last = rows[-1][0]
 
     def entry_at(self, path: str) -> tuple[JournalEntry, float] | None:
         """The instance this journal (only) records at ``path``, with when it was written."""
@@ -375,12 +396,20 @@ class Journal:
         return (JournalEntry(*row[:7]), float(row[7])) if row else None
 
     def iter_series(self) -> Iterator[SeriesRecord]:
-        """Every series this journal (only) records, streamed."""
-        rows = self._db.execute(
-            "SELECT study_uid, series_uid, expected, received, complete, updated_at FROM series"
-        )
-        for row in rows:
-            yield SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
+        """Every series this journal (only) records, in pages (as :meth:`iter_entries`)."""
+        last = ("", "")
+        while True:
+            rows = self._db.execute(
+                "SELECT study_uid, series_uid, expected, received, complete, updated_at "
+                "FROM series WHERE (study_uid, series_uid) > (?, ?) "
+                "ORDER BY study_uid, series_uid LIMIT ?",
+                (*last, PAGE_ROWS),
+            ).fetchall()
+            for row in rows:
+                yield SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
+            if len(rows) < PAGE_ROWS:
+                return
+            last = (rows[-1][0], rows[-1][1])
 
     def series_record(self, study_uid: str, series_uid: str) -> SeriesRecord | None:
         """This journal's (only) record of one series."""
@@ -396,9 +425,18 @@ class Journal:
         )
 
     def iter_study_uids(self) -> Iterator[str]:
-        """The studies this journal (only) holds instances of, streamed."""
-        for row in self._db.execute("SELECT DISTINCT study_uid FROM instances"):
-            yield str(row[0])
+        """The studies this journal (only) holds instances of, in pages."""
+        last = ""
+        while True:
+            rows = self._db.execute(
+                "SELECT DISTINCT study_uid FROM instances WHERE study_uid > ? "
+                "ORDER BY study_uid LIMIT ?",
+                (last, PAGE_ROWS),
+            ).fetchall()
+            yield from (str(row[0]) for row in rows)
+            if len(rows) < PAGE_ROWS:
+                return
+            last = rows[-1][0]
 
     def _insert_instance(self, entry: JournalEntry) -> None:
         self._begin()

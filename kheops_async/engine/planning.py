@@ -160,6 +160,7 @@ def _skippable(run: RunContext, targets: Targets) -> bool:
     return (
         settings.incremental
         and not settings.force
+        and not settings.deep
         and run.journal is not None
         and not targets.series_filters
         and not targets.only_series
@@ -204,11 +205,15 @@ async def _queue_study(
 ) -> None:
     """Queue one listed study, unless it is malformed or already queued as explicit."""
     uid = record.study_uid
-    if uid and not is_valid_uid(uid):
+    if not uid:  # a record the list counts but that names no study: the list is not whole
+        run.recorder.failure(
+            SeriesFailure("", "", "the server listed a study without a StudyInstanceUID")
+        )
+    elif not is_valid_uid(uid):
         run.recorder.failure(
             SeriesFailure(uid[:80], "", "the server listed a malformed StudyInstanceUID")
         )
-    elif uid and uid not in explicit:
+    elif uid not in explicit:
         await send.send(_StudyJob(uid, None, record.number_of_study_related_series))
 
 
@@ -276,7 +281,14 @@ async def _plan_study(
     only = targets.only_series
     for record in records.records:
         plan = SeriesPlan.from_record(study_uid, record)
-        if not plan.series_uid or (wanted is not None and plan.series_uid not in wanted):
+        if not plan.series_uid:
+            run.recorder.failure(
+                SeriesFailure(
+                    study_uid, "", "the server listed a series without a SeriesInstanceUID"
+                )
+            )
+            continue
+        if wanted is not None and plan.series_uid not in wanted:
             continue
         if not is_valid_uid(plan.series_uid):
             run.recorder.failure(
@@ -325,7 +337,8 @@ async def _plan_study(
 def _plan_series_deletions(run: RunContext, study_uid: str, listed: set[str | None]) -> None:
     """``--delete``: the study's series in the journals that its series list lacks."""
     journal, deletions = run.journal, run.deletions
-    assert journal is not None and deletions is not None
+    if journal is None or deletions is None:
+        return  # a dry run of a destination with no journal: nothing is recorded
     gone = [e for e in journal.study_entries(study_uid).values() if e.series_uid not in listed]
     if gone:
         deletions.add_found(journal.family, gone, "series no longer listed by the server")

@@ -103,8 +103,11 @@ async def download(
         if settings.delete:
             _check_delete_targets(targets)
             deletions = DeletionPlan(settings.shard)
-        if settings.dry_run:
+        consulted = journal_paths(state_dir(root), sibling_of=_shard_name(settings.shard))
+        if settings.dry_run:  # read-only: this run's journal, else any other to start from
             journal = Journal.open_readonly(own_journal)
+            if journal is None and consulted:
+                journal = Journal.open_readonly(consulted[0])
         else:
             _prepare_destination(root)
             taken = DestinationLock(own_journal.with_suffix(".lock"))
@@ -114,7 +117,7 @@ async def download(
             journal = await anyio.to_thread.run_sync(Journal.open, own_journal)
             report.journal_path = journal.path
         if journal is not None:
-            await anyio.to_thread.run_sync(journal.consult, journal_paths(state_dir(root)))
+            await anyio.to_thread.run_sync(journal.consult, consulted)
         table = None
         if settings.table is not None and not settings.dry_run:
             table = InstanceTable(settings.table, root)

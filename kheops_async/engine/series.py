@@ -115,7 +115,7 @@ class SeriesJob:
         if not settings.force:
             await self._resume()
             self.resumed = self.received
-        if self.expected is not None and self._shortfall() == 0:
+        if self.expected is not None and self._shortfall() == 0 and not self._listed_missing():
             await self._finish()
             return
         if (
@@ -152,6 +152,11 @@ class SeriesJob:
                 )
             )
 
+    def _listed_missing(self) -> bool:
+        """Whether the instance list (when asked) names an instance not in place."""
+        listing = self._listing
+        return listing is not None and any(r.sop_uid not in self.request.done for r in listing)
+
     def _shortfall(self) -> int:
         return 0 if self.expected is None else max(0, self.expected - self.received)
 
@@ -163,14 +168,14 @@ class SeriesJob:
         plan = self.plan
         if journal is not None:
             entries = await anyio.to_thread.run_sync(
-                journal.series_entries, plan.study_uid, plan.series_uid, self.expected
+                journal.series_entries, plan.study_uid, plan.series_uid
             )
             if entries and self.run.deletions is not None:
                 entries = await self._without_unlisted(entries)
             if entries:
                 checked = await anyio.to_thread.run_sync(self._check_journal_entries, entries)
                 self._adopt(checked)
-        if self.expected is not None and self._shortfall() == 0:
+        if self.expected is not None and self._shortfall() == 0 and not self.run.settings.deep:
             return  # every instance the server counts is in place: no request at all
         if not self._series_may_have_files():
             return
@@ -192,13 +197,13 @@ class SeriesJob:
         Asked only when the journals hold more of the series than the server counts
         (an instance list costs a request); the rest is returned.
         """
-        if self.expected is None or len(entries) <= self.expected:
+        deep = self.run.settings.deep
+        if not deep and (self.expected is None or len(entries) <= self.expected):
             return entries
         listed = {record.sop_uid for record in await self._instance_list()}
         gone = [entry for sop_uid, entry in entries.items() if sop_uid not in listed]
-        if gone:
-            journal, deletions = self.run.journal, self.run.deletions
-            assert journal is not None and deletions is not None
+        journal, deletions = self.run.journal, self.run.deletions
+        if gone and journal is not None and deletions is not None:
             await anyio.to_thread.run_sync(
                 deletions.add_found, journal.family, gone, "instance no longer listed by the server"
             )
@@ -297,6 +302,10 @@ class SeriesJob:
                 includefield=[f for f in layout.fields if f not in plan.known_values],
             )
         )
+        if result.truncated:  # a count or a deletion trusted to a partial list: never
+            raise IncompleteSeriesError(
+                f"the instance list of series {plan.series_uid} is incomplete: {result.warning}"
+            )
         listing = []
         for record in result.records:
             sop_uid = record.sop_uid or ""
@@ -304,6 +313,8 @@ class SeriesJob:
                 listing.append(record)
             elif sop_uid:
                 self._failed_part(f"the server listed a malformed SOPInstanceUID {sop_uid[:80]!r}")
+            else:
+                self._failed_part("the server listed an instance without a SOPInstanceUID")
         self._listing = listing
         return listing
 

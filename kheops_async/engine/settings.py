@@ -57,6 +57,9 @@ class DownloadSettings:
       with a journal of its own.
     - ``incremental``: sync (:func:`~kheops_async.sync`): a listed study whose instance
       count and files match the journals is left alone, with no further request.
+    - ``deep``: with ``incremental``, list the instances of every series and compare
+      them one by one (one query per series): finds what the server replaced with the
+      counts unchanged, at the cost of the fast path.
     - ``delete``: with ``incremental``, remove the local instances the server no longer
       lists, only after a run with no failure (see :mod:`~kheops_async.engine.deletion`);
       ``on_deleted`` is called with each (in a dry run: each that would go).
@@ -76,6 +79,7 @@ class DownloadSettings:
     outage_threshold: int = DEFAULT_OUTAGE_THRESHOLD
     shard: Shard | None = None
     incremental: bool = False
+    deep: bool = False
     delete: bool = False
     on_deleted: Callable[[Deleted], None] | None = None
 
@@ -88,8 +92,8 @@ class DownloadSettings:
             raise ConfigurationError("metadata_only must be 'series', 'instance' or None")
         if self.outage_threshold < 0:
             raise ConfigurationError("outage_threshold must be >= 0")
-        if self.delete and not self.incremental:
-            raise ConfigurationError("delete is a sync option (incremental=True)")
+        if (self.delete or self.deep) and not self.incremental:
+            raise ConfigurationError("delete and deep are sync options (incremental=True)")
 
     def with_options(self, **options: Any) -> DownloadSettings:
         """A copy with some options changed; unknown names raise ConfigurationError."""
