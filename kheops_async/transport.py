@@ -187,19 +187,25 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         await self._backend().sleep(seconds)
 
 
-def proxy_for_url(url: httpx.URL, explicit: str | None, trust_env: bool) -> str | None:
+def proxy_for_url(
+    url: httpx.URL,
+    explicit: str | None,
+    trust_env: bool,
+    environment: dict[str, str] | None = None,
+) -> str | None:
     """The proxy URL for a request to ``url``, or ``None`` to connect directly.
 
     ``explicit`` wins over the environment (as with curl's ``--proxy``). From the
     environment (when ``trust_env``): ``NO_PROXY`` hosts go direct, then the
     scheme's variable (``HTTPS_PROXY`` / ``HTTP_PROXY``), then ``ALL_PROXY``; both
     cases of each name are read, as curl and the standard library do.
+    ``environment``: those variables as already read (else they are read now).
     """
     if explicit:
         return explicit
     if not trust_env:
         return None
-    proxies = urllib.request.getproxies_environment()
+    proxies = urllib.request.getproxies_environment() if environment is None else environment
     chosen = proxies.get(url.scheme) or proxies.get("all")
     port = url.port or (443 if url.scheme == "https" else 80)
     if not chosen or bypasses_proxy(url.host, port, proxies.get("no", "")):
@@ -294,6 +300,9 @@ class KheopsTransport(httpx.AsyncBaseTransport):
         self._backend = LargeReadBackend(read_size)
         self._ssl_context: ssl.SSLContext | None = None
         self._pools: dict[_PoolKey, httpcore.AsyncConnectionPool] = {}
+        self._environment: dict[str, str] | None = None
+        self._routes: dict[tuple[str, str, int | None], str | None] = {}
+        """The proxy (or ``None``) of each origin, decided once (as httpx does per client)."""
 
     def ssl_context(self) -> ssl.SSLContext:
         """The SSL context for ``https://`` origins, made on first call."""
@@ -311,8 +320,19 @@ class KheopsTransport(httpx.AsyncBaseTransport):
                 )
         return self._ssl_context
 
+    def _route(self, url: httpx.URL) -> str | None:
+        """The proxy for ``url``'s origin: the environment is read at the first request."""
+        origin = (url.scheme, url.host, url.port)
+        if origin not in self._routes:
+            if self._environment is None and self._trust_env and not self._proxy:
+                self._environment = urllib.request.getproxies_environment()
+            self._routes[origin] = proxy_for_url(
+                url, self._proxy, self._trust_env, self._environment
+            )
+        return self._routes[origin]
+
     def _pool(self, url: httpx.URL) -> httpcore.AsyncConnectionPool:
-        key = _PoolKey(url.scheme, proxy_for_url(url, self._proxy, self._trust_env))
+        key = _PoolKey(url.scheme, self._route(url))
         pool = self._pools.get(key)
         if pool is None:
             pool = self._make_pool(key)

@@ -306,3 +306,22 @@ def _no_retry() -> Any:
     from kheops_async import RetryPolicy
 
     return RetryPolicy(attempts=1)
+
+
+async def test_the_environment_is_read_once_per_transport(
+    server: FakeDicomWebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.request
+
+    reads = []
+    real = urllib.request.getproxies_environment
+
+    def counted() -> dict[str, str]:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(urllib.request, "getproxies_environment", counted)
+    async with httpx.AsyncClient(transport=KheopsTransport(), trust_env=False) as client:
+        for _ in range(5):
+            await client.get(f"{server.base_url}/studies")  # 401: no token, still a request
+    assert len(reads) == 1
