@@ -171,6 +171,10 @@ async def test_delete_removes_a_study_deleted_on_the_server_and_nothing_else(
             (found,) = (await rest.post("/tools/lookup", content=doomed[0].study_uid)).json()
             (await rest.delete(f"/studies/{found['ID']}")).raise_for_status()
         log.clear()
+        nothing = await sync(client, Targets(query={"PatientID": "nobody"}), tmp_path, delete=True)
+        assert nothing.sync is not None and nothing.sync.deleted == 0  # an empty list
+        assert "listed no study" in nothing.sync.delete_skipped
+        assert (tmp_path / doomed[0].study_uid).is_dir()
         report = await sync(client, Targets(query={}), tmp_path, delete=True)
     assert report.ok and report.sync is not None
     assert report.sync.deleted == len(doomed)

@@ -8,12 +8,17 @@ the totals of the run. Its parts, one job each:
 - :mod:`~kheops_async.engine.planning`: targets into series plans;
 - :mod:`~kheops_async.engine.study_check`: sync's check of a listed study against the
   journals and the tree;
+- :mod:`~kheops_async.engine.scheduling`: which planned series a free worker takes next;
 - :mod:`~kheops_async.engine.series`: one series to completion (resume, whole series,
   then only what is missing);
 - :mod:`~kheops_async.engine.receiving` and :mod:`~kheops_async.engine.sink`: a part
   from the network (event loop) into its final file (worker thread);
 - :mod:`~kheops_async.engine.recorder`: counters, progress and the instance table;
-- :mod:`~kheops_async.engine.journal`: the SQLite record of what is done;
+- :mod:`~kheops_async.engine.journal`: the SQLite record of what is done (one per
+  shard; every run reads the others), :mod:`~kheops_async.engine.checksums` its sha256;
+- :mod:`~kheops_async.engine.deletion`: ``sync --delete``, gathered then applied safely;
+- :mod:`~kheops_async.engine.verify`: a tree checked against its journals and the server;
+- :mod:`~kheops_async.engine.uid_set`: sets of UIDs on disk (listed studies);
 - :mod:`~kheops_async.engine.state_dir`: the lock and the temporary files;
 - :mod:`~kheops_async.engine.breaker`: the run-level stop during an outage;
 - :mod:`~kheops_async.engine.run`: the run itself, from the lock to the last cleanup.
