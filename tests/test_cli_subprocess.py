@@ -185,7 +185,8 @@ def test_unwritable_output_directory_exits_2(tmp_path: Path, command: str) -> No
 def test_demo_runs_the_commands_and_stops_orthanc(
     orthanc_installed: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """``make demo``: list, filter, download, download again (all skipped), Orthanc stopped."""
+    """``make demo``: list, filter, download, again (all skipped), sync, verify, Orthanc
+    stopped."""
     result = subprocess.run(
         [sys.executable, "-m", "kheops_async.demo", "out"],
         cwd=tmp_path,
@@ -201,9 +202,13 @@ def test_demo_runs_the_commands_and_stops_orthanc(
         "$ kheops-async list series",
         "--search-filter Modality CT",
         "$ kheops-async download studies",
+        "$ kheops-async sync",
+        "$ kheops-async verify",
     ):
         assert command in shown, command
     assert "0 written" in shown and "0 skipped" in shown
+    assert "0 new, 0 changed," in shown  # the sync found nothing to do
+    assert "verify: " in shown and ": no problem" in shown
     files = list((tmp_path / "out").rglob("*.dcm"))
     assert files and f"{len(files)} DICOM files" in shown
     match = re.search(r"Orthanc \(PID (\d+)\)", shown)

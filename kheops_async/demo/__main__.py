@@ -8,6 +8,8 @@ series, plus pydicom's compressed files), then runs, echoing each command line f
     kheops-async list series --search-filter Modality CT
     kheops-async download studies        # everything, into ./demo-output
     kheops-async download studies        # again: everything is skipped (resume)
+    kheops-async sync                    # nothing new: one study query, no retrieve
+    kheops-async verify                  # the tree checked against its journal
 
 and says where the files are. Orthanc is stopped by PID at the end, also after an
 error or Ctrl-C. The commands run in this process (``main(args, standalone_mode=False)``),
@@ -90,13 +92,23 @@ def _tree_size(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def _steps(url: str, out_dir: Path) -> list[list[str]]:
+def _steps(url: str, out_dir: Path) -> list[tuple[str, list[str]]]:
+    """Each command line, with what to say before it (``""``: nothing)."""
     common = ["--url", url, "--out-dir", str(out_dir)]
     return [
-        ["list", "studies", *common],
-        ["list", "series", *common, "--search-filter", "Modality", "CT"],
-        ["download", "studies", *common],
-        ["download", "studies", *common],
+        ("", ["list", "studies", *common]),
+        ("", ["list", "series", *common, "--search-filter", "Modality", "CT"]),
+        ("", ["download", "studies", *common]),
+        (
+            "\nthe same download again: every file is there, so all are skipped",
+            ["download", "studies", *common],
+        ),
+        (
+            "\na sync: each study's instance count and files match the journal, so it "
+            "asks for the study list only",
+            ["sync", *common],
+        ),
+        ("\nverify: every file the journal records, with its size", ["verify", *common[2:]]),
     ]
 
 
@@ -116,10 +128,9 @@ def run_demo(out_dir: Path = DEFAULT_OUT_DIR) -> int:
             server = start_orthanc(Path(workdir))
             _say(f"Orthanc (PID {server.pid}) answers at {server.dicomweb_url}")
             _say(f"loaded {_load(server)}")
-            steps = _steps(server.dicomweb_url, out_dir)
-            for number, args in enumerate(steps, start=1):
-                if number == len(steps):
-                    _say("\nthe same download again: every file is there, so all are skipped")
+            for note, args in _steps(server.dicomweb_url, out_dir):
+                if note:
+                    _say(note)
                 code = _run(args)
                 if code != ExitCode.OK:
                     _say(f"the demo stops: '{args[0]} {args[1]}' exited with {code}")
