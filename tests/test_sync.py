@@ -106,6 +106,7 @@ def test_a_sync_with_nothing_new_makes_no_wado_request_and_one_query_per_page(
     assert len(server.requests) == 2
     assert "studies: 0 new, 0 changed, 6 unchanged" in result.stderr
     assert "instances: 0 new, 0 repaired, 48 unchanged" in result.stderr
+    assert result.stderr.startswith("done: nothing new; 48 instances already in place")
     assert_tree_holds(tmp_path, archive.all_instances())
 
 

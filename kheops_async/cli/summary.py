@@ -48,9 +48,17 @@ def failure_lines(report: DownloadReport) -> list[str]:
 
 
 def summary_lines(report: DownloadReport, *, stopped: bool = False) -> list[str]:
-    """``done:`` (or ``stopped:``) with the counts, MB, time and mean rate; the table; the
+    """``done:`` (or ``stopped:``) with the counts, MB, time and mean rate (a sync that
+    found nothing new says so instead), the ``sync:`` line of a sync; the table; the
     journal."""
-    lines = [f"{'stopped' if stopped else 'done'}: {report.summary()}"]
+    if report.sync is not None and not report.series_total and report.ok and not stopped:
+        # a sync with nothing new: "0/0 series, 0 written" would read as if it did nothing
+        lines = [
+            f"done: nothing new; {report.skipped} instances already in place, checked in "
+            f"{report.seconds:.1f}s"
+        ]
+    else:
+        lines = [f"{'stopped' if stopped else 'done'}: {report.summary()}"]
     if report.sync is not None:
         lines.append(f"sync: {report.sync.summary(report)}")
     if report.table_path is not None:
