@@ -103,18 +103,23 @@ class _WorkerState:
 # -- the worker process -------------------------------------------------------------------
 
 
+_SUMMED = (
+    "series_total",
+    "series_done",
+    "instances_done",
+    "instances_expected",
+    "bytes_done",
+    "bytes_written",
+    "failures",
+)
+"""The :class:`DownloadProgress` counters a worker sends and the parent adds up."""
+
+
 def _progress_state(progress: DownloadProgress) -> dict[str, Any]:
-    return {
-        "series_total": progress.series_total,
-        "series_done": progress.series_done,
-        "planning_done": progress.planning_done,
-        "instances_done": progress.instances_done,
-        "instances_expected": progress.instances_expected,
-        "bytes_done": progress.bytes_done,
-        "bytes_written": progress.bytes_written,
-        "failures": progress.failures,
-        "in_flight": progress.series_in_flight(),
-    }
+    state: dict[str, Any] = {name: getattr(progress, name) for name in _SUMMED}
+    state["planning_done"] = progress.planning_done
+    state["in_flight"] = progress.series_in_flight()
+    return state
 
 
 def _worker_main(task: WorkerTask, channel: Any) -> None:
@@ -314,15 +319,7 @@ def _notice_dead(channel: Any, states: list[_WorkerState], progress: DownloadPro
 
 
 def _add_up(states: list[_WorkerState], progress: DownloadProgress) -> None:
-    for name in (
-        "series_total",
-        "series_done",
-        "instances_done",
-        "instances_expected",
-        "bytes_done",
-        "bytes_written",
-        "failures",
-    ):
+    for name in _SUMMED:
         setattr(progress, name, sum(int(s.progress.get(name, 0)) for s in states))
     progress.planning_done = all(s.progress.get("planning_done", False) for s in states)
     progress.recent.clear()

@@ -93,7 +93,7 @@ class DeletionPlan:
     def add_found(self, family: list[Journal], entries: list[JournalEntry], reason: str) -> None:
         """Plan the removal of ``entries``, from whichever journals record them."""
         for journal in family:
-            mine = [e for e in entries if _records(journal, e)]
+            mine = [e for e in entries if journal.records(e.path, e.sop_uid)]
             if mine:
                 self.add(journal, mine, reason)
 
@@ -115,11 +115,6 @@ class DeletionPlan:
         )
         for row in rows:
             yield row[0], Deleted(*row[1:])
-
-
-def _records(journal: Journal, entry: JournalEntry) -> bool:
-    found = journal.entry_at(entry.path)
-    return found is not None and found[0].sop_uid == entry.sop_uid
 
 
 def apply_deletions(
@@ -167,17 +162,12 @@ def _apply(
     with _journal_lock(Path(journal_path)):
         other = Journal.open_for_edit(Path(journal_path))
         try:  # under its lock, look again: a run may have changed a row since
-            batch = [d for d in batch if _still_recorded(other, d)]
+            batch = [d for d in batch if other.records(d.path, d.sop_uid)]
             _remove_files(root, batch, on_deleted)
             other.forget([d.path for d in batch])
         finally:
             other.close()
     return len(batch)
-
-
-def _still_recorded(journal: Journal, deleted: Deleted) -> bool:
-    found = journal.entry_at(deleted.path)
-    return found is not None and found[0].sop_uid == deleted.sop_uid
 
 
 @contextlib.contextmanager

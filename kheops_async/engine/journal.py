@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kheops_async.errors import StorageError
 
@@ -128,6 +128,12 @@ _ENTRY_COLUMNS = (
     "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256 FROM instances"
 )
 _SERIES_ENTRIES = f"{_ENTRY_COLUMNS} WHERE study_uid = ? AND series_uid = ?"
+_DATED_ENTRY_COLUMNS = (
+    "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at FROM instances"
+)
+_SERIES_COLUMNS = (
+    "SELECT study_uid, series_uid, expected, received, complete, updated_at FROM series"
+)
 _STUDY_ENTRIES = f"{_ENTRY_COLUMNS} WHERE study_uid = ?"
 
 
@@ -154,6 +160,11 @@ class SeriesRecord:
     received: int
     complete: bool
     updated_at: float
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> SeriesRecord:
+        """From a row of ``_SERIES_COLUMNS``."""
+        return cls(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
 
 
 class Journal:
@@ -366,77 +377,65 @@ class Journal:
 
         return self._locked(query)
 
-    def iter_entries(self) -> Iterator[tuple[JournalEntry, float]]:
-        """Every instance of this journal (not the others), with when it was written.
+    def _pages(
+        self, sql: str, start: tuple[Any, ...], key_columns: int
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql`` (``... > (?, ...) ORDER BY ... LIMIT ?``), :data:`PAGE_ROWS`
+        per query, each page starting after the last row's first ``key_columns`` values.
 
-        In path order, :data:`PAGE_ROWS` rows per query: memory does not grow with the
-        journal, and no read stays open long enough to keep its owner waiting (a run
-        that starts must switch the file to WAL mode, which needs it alone a moment).
+        Memory does not grow with the journal, and no read stays open long enough to
+        keep its owner waiting (a run that starts must switch the file to WAL mode,
+        which needs it alone a moment).
         """
-        last = ""
+        last = start
         while True:
-            rows = self._db.execute(
-                "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
-                "FROM instances WHERE path > ? ORDER BY path LIMIT ?",
-                (last, PAGE_ROWS),
-            ).fetchall()
-            for row in rows:
-                yield JournalEntry(*row[:7]), float(row[7])
+            rows = self._db.execute(sql, (*last, PAGE_ROWS)).fetchall()
+            yield from rows
             if len(rows) < PAGE_ROWS:
                 return
-            last = rows[-1][0]
+            last = tuple(rows[-1][:key_columns])
+
+    def iter_entries(self) -> Iterator[tuple[JournalEntry, float]]:
+        """Every instance of this journal (not the others), with when it was written,
+        in path order (see :meth:`_pages`)."""
+        sql = f"{_DATED_ENTRY_COLUMNS} WHERE path > ? ORDER BY path LIMIT ?"
+        for row in self._pages(sql, ("",), 1):
+            yield JournalEntry(*row[:7]), float(row[7])
 
     def entry_at(self, path: str) -> tuple[JournalEntry, float] | None:
         """The instance this journal (only) records at ``path``, with when it was written."""
-        row = self._db.execute(
-            "SELECT path, sop_uid, study_uid, series_uid, size, mtime_ns, sha256, written_at "
-            "FROM instances WHERE path = ?",
-            (path,),
-        ).fetchone()
+        row = self._db.execute(f"{_DATED_ENTRY_COLUMNS} WHERE path = ?", (path,)).fetchone()
         return (JournalEntry(*row[:7]), float(row[7])) if row else None
 
     def iter_series(self) -> Iterator[SeriesRecord]:
-        """Every series this journal (only) records, in pages (as :meth:`iter_entries`)."""
-        last = ("", "")
-        while True:
-            rows = self._db.execute(
-                "SELECT study_uid, series_uid, expected, received, complete, updated_at "
-                "FROM series WHERE (study_uid, series_uid) > (?, ?) "
-                "ORDER BY study_uid, series_uid LIMIT ?",
-                (*last, PAGE_ROWS),
-            ).fetchall()
-            for row in rows:
-                yield SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
-            if len(rows) < PAGE_ROWS:
-                return
-            last = (rows[-1][0], rows[-1][1])
+        """Every series this journal (only) records, in pages (see :meth:`_pages`)."""
+        sql = (
+            f"{_SERIES_COLUMNS} WHERE (study_uid, series_uid) > (?, ?) "
+            "ORDER BY study_uid, series_uid LIMIT ?"
+        )
+        for row in self._pages(sql, ("", ""), 2):
+            yield SeriesRecord.from_row(row)
 
     def series_record(self, study_uid: str, series_uid: str) -> SeriesRecord | None:
         """This journal's (only) record of one series."""
         row = self._db.execute(
-            "SELECT study_uid, series_uid, expected, received, complete, updated_at FROM series "
-            "WHERE study_uid = ? AND series_uid = ?",
-            (study_uid, series_uid),
+            f"{_SERIES_COLUMNS} WHERE study_uid = ? AND series_uid = ?", (study_uid, series_uid)
         ).fetchone()
-        return (
-            SeriesRecord(row[0], row[1], row[2], row[3], bool(row[4]), float(row[5]))
-            if row
-            else None
-        )
+        return SeriesRecord.from_row(row) if row else None
 
     def iter_study_uids(self) -> Iterator[str]:
         """The studies this journal (only) holds instances of, in pages."""
-        last = ""
-        while True:
-            rows = self._db.execute(
-                "SELECT DISTINCT study_uid FROM instances WHERE study_uid > ? "
-                "ORDER BY study_uid LIMIT ?",
-                (last, PAGE_ROWS),
-            ).fetchall()
-            yield from (str(row[0]) for row in rows)
-            if len(rows) < PAGE_ROWS:
-                return
-            last = rows[-1][0]
+        sql = (
+            "SELECT DISTINCT study_uid FROM instances WHERE study_uid > ? "
+            "ORDER BY study_uid LIMIT ?"
+        )
+        for row in self._pages(sql, ("",), 1):
+            yield str(row[0])
+
+    def records(self, path: str, sop_uid: str) -> bool:
+        """Whether this journal (only) records instance ``sop_uid`` at ``path``."""
+        found = self.entry_at(path)
+        return found is not None and found[0].sop_uid == sop_uid
 
     def _insert_instance(self, entry: JournalEntry) -> None:
         self._begin()

@@ -42,16 +42,16 @@ def check_studies(
     journal: Journal, root: Path, studies: list[tuple[str, int | None]]
 ) -> list[StudyState]:
     """The state of each ``(StudyInstanceUID, server's instance count)``."""
-    return [_check(journal, str(root), uid, count) for uid, count in studies]
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return [_check(journal, prefix, uid, count) for uid, count in studies]
 
 
-def _check(journal: Journal, root: str, study_uid: str, count: int | None) -> StudyState:
+def _check(journal: Journal, prefix: str, study_uid: str, count: int | None) -> StudyState:
     entries = journal.study_entries(study_uid)
     if not entries:
         return StudyState(study_uid, "new", 0)
     if count is None or len(entries) != count:
         return StudyState(study_uid, "changed", len(entries))
-    prefix = root.rstrip(os.sep) + os.sep
     for entry in entries.values():
         try:
             stat = os.stat(prefix + entry.path)

@@ -155,17 +155,40 @@ async def verify(
 # -- files ------------------------------------------------------------------------------
 
 
-def _newest_elsewhere(family: list[Journal], index: int, path: str, written_at: float) -> bool:
-    """Whether another journal has a newer record of ``path`` (or an equal one before it)."""
+def _superseded(
+    family: list[Journal],
+    index: int,
+    stamp: float,
+    stamp_in: Callable[[Journal], float | None],
+) -> bool:
+    """Whether a journal other than ``family[index]`` has a newer record of the same
+    thing (``stamp_in(journal)``: its time there, or ``None``), or an equal one before it:
+    each path and each series is judged once, by its newest record."""
     for other_index, other in enumerate(family):
         if other_index == index:
             continue
-        found = other.entry_at(path)
-        if found is not None and (
-            found[1] > written_at or (found[1] == written_at and other_index < index)
+        elsewhere = stamp_in(other)
+        if elsewhere is not None and (
+            elsewhere > stamp or (elsewhere == stamp and other_index < index)
         ):
             return True
     return False
+
+
+def _written_at(path: str) -> Callable[[Journal], float | None]:
+    def stamp(journal: Journal) -> float | None:
+        found = journal.entry_at(path)
+        return None if found is None else found[1]
+
+    return stamp
+
+
+def _updated_at(study_uid: str, series_uid: str) -> Callable[[Journal], float | None]:
+    def stamp(journal: Journal) -> float | None:
+        found = journal.series_record(study_uid, series_uid)
+        return None if found is None else found.updated_at
+
+    return stamp
 
 
 def _check_files(
@@ -176,7 +199,9 @@ def _check_files(
     try:
         for index, member in enumerate(family):
             for entry, written_at in member.iter_entries():
-                if len(family) > 1 and _newest_elsewhere(family, index, entry.path, written_at):
+                if len(family) > 1 and _superseded(
+                    family, index, written_at, _written_at(entry.path)
+                ):
                     continue
                 report.instances += 1
                 _check_file(prefix + entry.path, entry, checksum, report, found)
@@ -225,18 +250,8 @@ def _check_series(journal: Journal, report: VerifyReport, found: ProblemCallback
     family = journal.family
     for index, member in enumerate(family):
         for record in member.iter_series():
-            newer = False
-            for other_index, other in enumerate(family):
-                if other_index == index:
-                    continue
-                elsewhere = other.series_record(record.study_uid, record.series_uid)
-                if elsewhere is not None and (
-                    elsewhere.updated_at > record.updated_at
-                    or (elsewhere.updated_at == record.updated_at and other_index < index)
-                ):
-                    newer = True
-                    break
-            if newer:
+            stamp_in = _updated_at(record.study_uid, record.series_uid)
+            if len(family) > 1 and _superseded(family, index, record.updated_at, stamp_in):
                 continue
             report.series += 1
             if not record.complete:
