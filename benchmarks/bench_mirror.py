@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from datasets import groups_for, load_group  # noqa: E402
+from discard import Graveyard  # noqa: E402
 
 from kheops_async.demo.orthanc import OrthancServer, running_orthanc  # noqa: E402
 
@@ -122,7 +123,9 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def bench_sync(server: OrthancServer, instances: int, work: Path, runs: int) -> dict[str, Any]:
+def bench_sync(
+    server: OrthancServer, instances: int, work: Path, runs: int, graveyard: Graveyard
+) -> dict[str, Any]:
     dest = work / "sync-tree"
     logs = work / "logs"
     first = measured(download_argv(server.dicomweb_url, dest), logs / "sync-first.log", server)
@@ -138,7 +141,7 @@ def bench_sync(server: OrthancServer, instances: int, work: Path, runs: int) -> 
         check=True,
     )
     requests = count_requests(verbose_log)
-    shutil.rmtree(dest, ignore_errors=True)
+    graveyard.set_aside(dest)
     return {
         "instances": instances,
         "first_download": first,
@@ -154,18 +157,23 @@ def bench_sync(server: OrthancServer, instances: int, work: Path, runs: int) -> 
 
 
 def bench_workers(
-    server: OrthancServer, name: str, instances: int, work: Path, runs: int
+    server: OrthancServer,
+    name: str,
+    instances: int,
+    work: Path,
+    runs: int,
+    graveyard: Graveyard,
 ) -> dict[str, Any]:
     logs = work / "logs"
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for run in range(runs):
         for workers in (1, 2):
             dest = work / f"{name}-w{workers}"
-            shutil.rmtree(dest, ignore_errors=True)
+            graveyard.set_aside(dest)
             argv = download_argv(server.dicomweb_url, dest, "--workers", str(workers))
             log = logs / f"{name}-w{workers}-{run}.log"
             results[workers].append(measured(argv, log, server))
-            shutil.rmtree(dest, ignore_errors=True)
+            graveyard.set_aside(dest)
     summary: dict[str, Any] = {"instances": instances}
     for workers, measured_runs in results.items():
         summary[f"workers_{workers}"] = {
@@ -236,6 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",")}
     work = Path(tempfile.mkdtemp(prefix="bench-mirror-", dir=args.tmp))
+    graveyard = Graveyard(work / "graveyard")
     (work / "logs").mkdir()
     report: dict[str, Any] = {"machine": machine(), "runs": args.runs, "workers": {}}
     started = time.monotonic()
@@ -248,12 +257,14 @@ def main() -> None:
                     f"  {loaded.instances} instances in {loaded.upload_seconds:.0f} s", flush=True
                 )
                 if group.name == "T" and "sync" in parts:
-                    report["sync"] = bench_sync(server, loaded.instances, work, args.runs)
+                    report["sync"] = bench_sync(
+                        server, loaded.instances, work, args.runs, graveyard
+                    )
                 if "workers" in parts:
                     report["workers"][group.name] = bench_workers(
-                        server, group.name, loaded.instances, work, args.runs
+                        server, group.name, loaded.instances, work, args.runs, graveyard
                     )
-            shutil.rmtree(work / f"orthanc-{group.name}", ignore_errors=True)
+            graveyard.set_aside(work / f"orthanc-{group.name}")
     finally:
         report["seconds"] = time.monotonic() - started
         if args.json is not None:

@@ -53,12 +53,12 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from benchmarks.datasets import SCENARIOS, Case, DataGroup, groups_for, load_group  # noqa: E402
+from benchmarks.discard import Graveyard, creation_cost_us  # noqa: E402
 from benchmarks.targets import evaluate_targets, tool_summary  # noqa: E402
 from benchmarks.tools import (  # noqa: E402
     TOOL_ENVIRONMENT,
     RunResult,
     Tool,
-    clear_directory,
     console_script,
     curl_parallel,
     curl_sequential,
@@ -253,10 +253,12 @@ class Bench:
         self.sweep_runs: list[RunResult] = []
         self.cases: dict[str, dict[str, Any]] = {}
         self.warmed_up = False
+        self.graveyard = Graveyard(workdir / "graveyard")
 
     def measure(self, tool: Tool, case: Case, url: str, run: int) -> RunResult:
         out_dir = self.workdir / "out" / tool.kind
-        clear_directory(out_dir)
+        self.graveyard.set_aside(out_dir)
+        out_dir.mkdir(parents=True)
         argv = tool.argv(case, url, out_dir, self.workdir)
         log = self.logs / f"{case.name}-{tool.slug}-run{run}.log"
         loadavg = os.getloadavg()[0]
@@ -288,7 +290,7 @@ class Bench:
             f"cpu {user + system:6.2f} s rss {rss:7.1f} MB{flag}",
             flush=True,
         )
-        clear_directory(out_dir)
+        self.graveyard.set_aside(out_dir)
         return result
 
     def measure_all(self, tools: list[Tool], case: Case, url: str) -> list[RunResult]:
@@ -451,6 +453,9 @@ def _header(report: dict[str, Any]) -> list[str]:
         + " / ".join(f"{v:.2f}" for v in machine["loadavg_at_start"])
         + f"; at end: {' / '.join(f'{v:.2f}' for v in report['loadavg_at_end'])}",
         f"- Total time: {report.get('total_seconds', 0):.0f} s",
+        "- File creation in the output's file system at the start: "
+        f"{machine.get('creation_us', 0):.0f} us per empty file (2,000 files; see "
+        "`benchmarks/discard.py` for why outputs are set aside, not deleted, between runs)",
         "",
         "MB = 10^6 bytes of DICOM Part-10 payload (the same numerator for every tool). "
         "Wall time includes process start-up. CPU = user + sys of the tool's process tree "
@@ -778,7 +783,7 @@ def run_groups(
             }
             for name in group.cases:
                 run_loaded_case(bench, server, loaded.case(name))
-        shutil.rmtree(orthanc_dir, ignore_errors=True)
+        bench.graveyard.set_aside(orthanc_dir)
     return uploads
 
 
@@ -827,6 +832,7 @@ def main() -> None:
         "kheops_async_command": " ".join(kheops_async_command()),
     }
     bench = Bench(args, workdir)
+    report["machine"]["creation_us"] = creation_cost_us(workdir, bench.graveyard)
     try:
         report["startup"] = measure_startup(bench.logs)
         parser = None

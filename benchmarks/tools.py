@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,6 @@ __all__ = [
     "ACCEPT",
     "RunResult",
     "Tool",
-    "clear_directory",
     "console_script",
     "cpu_busy_seconds",
     "curl_parallel",
@@ -338,9 +336,3 @@ def run_measured(
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def clear_directory(path: Path) -> None:
-    """Remove ``path`` and everything below it, then create it empty."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
