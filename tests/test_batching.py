@@ -1,0 +1,71 @@
+"""Small parts reach the sink thread in batches, not one thread call per part (real HTTP)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from fakeserver import FakeArchive, FakeDicomWebServer, StallAfter, make_tree_archive
+from treecheck import assert_no_temp_files, assert_tree_holds
+
+from kheops_async import DicomWebClient, Targets, download
+from kheops_async.engine.receiving import PartBody
+from kheops_async.engine.series import IDLE_BATCH_MIN_PARTS
+from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "batching-token"
+STUDY = "1.2.40.0.77"
+INSTANCES = 41  # five full batches of 8 and one of 1: the last batch may be short
+
+
+@pytest.fixture
+def archive() -> FakeArchive:
+    return make_tree_archive([STUDY], series_per_study=2, instances_per_series=INSTANCES, size=2000)
+
+
+@pytest.fixture
+def server(archive: FakeArchive) -> Iterator[FakeDicomWebServer]:
+    with FakeDicomWebServer(archive, token=TOKEN, framing="eof") as srv:
+        yield srv
+
+
+async def test_an_idle_sink_gets_batches_of_small_parts(
+    server: FakeDicomWebServer,
+    archive: FakeArchive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every batch of an answer but its last holds at least IDLE_BATCH_MIN_PARTS parts.
+
+    The sink thread is idle when an answer starts, so handing parts over "as soon as the
+    thread is idle" sent the first part alone, and every part alone when they trickle in
+    (as they do from Orthanc). Here series 1's answer stops for a moment after its first
+    part; series 2's comes at once.
+    """
+    stalled = f"{STUDY}.1"
+    server.add_fault(f"series/{stalled}", StallAfter(nbytes=2600, seconds=0.3))
+    batches: dict[str, list[int]] = defaultdict(list)
+    commit = PartSink.commit_batch
+
+    def counting(
+        self: PartSink, bodies: Sequence[PartBody], request: SeriesRequest
+    ) -> list[Outcome]:
+        batches[request.series_uid].append(len(bodies))
+        return commit(self, bodies, request)
+
+    monkeypatch.setattr(PartSink, "commit_batch", counting)
+    async with DicomWebClient(server.base_url, token=TOKEN, concurrency=2) as client:
+        report = await download(client, Targets(query={}), tmp_path)
+    assert report.ok and report.written == 2 * INSTANCES
+    assert_tree_holds(tmp_path, archive.all_instances())
+    assert_no_temp_files(tmp_path)
+    assert server.pending_faults() == []
+    assert not server.requests_matching(f"series/{stalled}/instances")  # the stall hit WADO
+    assert len(batches) == 2
+    for sizes in batches.values():
+        assert sum(sizes) == INSTANCES
+        assert all(size >= IDLE_BATCH_MIN_PARTS for size in sizes[:-1]), sizes
