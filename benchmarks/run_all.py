@@ -832,8 +832,8 @@ def main() -> None:
         "kheops_async_command": " ".join(kheops_async_command()),
     }
     bench = Bench(args, workdir)
-    report["machine"]["creation_us"] = creation_cost_us(workdir, bench.graveyard)
     try:
+        report["machine"]["creation_us"] = creation_cost_us(workdir, bench.graveyard)
         report["startup"] = measure_startup(bench.logs)
         parser = None
         if not args.no_parser:
