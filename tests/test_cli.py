@@ -21,6 +21,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from click.testing import CliRunner, Result
+from clienv import CLEAN_ENV
 from fakeserver import Delay, FakeArchive, FakeDicomWebServer, Status, make_instance
 
 from kheops_async import DEFAULT_CONCURRENCY, __version__
@@ -40,11 +41,6 @@ from kheops_async.errors import (
     TransportError,
 )
 
-# Variables the CLI reads: cleared for every run, so the developer's shell cannot leak in.
-CLEAN_ENV: dict[str, str | None] = {
-    name: None
-    for name in ("KHEOPS_URL", "KHEOPS_TOKEN", "ACCESS_TOKEN", "KHEOPS_USER", "KHEOPS_PASSWORD")
-}
 TIMESTAMP = r"\d{8}-\d{6}(-\d+)?"
 STUDY_COLUMNS = {
     "StudyInstanceUID",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from clienv import CLEAN_ENV
 from fakeserver import FakeArchive, FakeDicomWebServer, Status, make_instance, make_tree_archive
 from fakeserver.server import RequestRecord
 from treecheck import assert_no_temp_files, assert_tree_holds
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.anyio
 TOKEN = "sync-token"
 STUDIES = [f"1.2.40.0.55.{n}" for n in range(1, 7)]
 ALBUM = "album-A"
-CLEAN_ENV: dict[str, str | None] = {
-    name: None
-    for name in ("KHEOPS_URL", "KHEOPS_TOKEN", "ACCESS_TOKEN", "KHEOPS_USER", "KHEOPS_PASSWORD")
-}
 
 
 @pytest.fixture

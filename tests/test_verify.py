@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from clienv import CLEAN_ENV
 from fakeserver import FakeArchive, FakeDicomWebServer, Status, make_instance, make_tree_archive
 
 from kheops_async.cli import ExitCode, main
@@ -20,10 +21,6 @@ from kheops_async.engine.verify import VerifyReport
 
 TOKEN = "verify-token"
 STUDIES = [f"1.2.40.0.88.{n}" for n in range(1, 5)]
-CLEAN_ENV: dict[str, str | None] = {
-    name: None
-    for name in ("KHEOPS_URL", "KHEOPS_TOKEN", "ACCESS_TOKEN", "KHEOPS_USER", "KHEOPS_PASSWORD")
-}
 
 
 @pytest.fixture
