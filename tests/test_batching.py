@@ -1,7 +1,8 @@
-"""Small parts reach the sink thread in batches, not one thread call per part (real HTTP)."""
+"""Small parts reach the sink in batches, not one sink call per part (real HTTP)."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from fakeserver import FakeArchive, FakeDicomWebServer, StallAfter, make_tree_ar
 from treecheck import assert_no_temp_files, assert_tree_holds
 
 from kheops_async import DicomWebClient, Targets, download
+from kheops_async.engine import placement
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.series import IDLE_BATCH_MIN_PARTS
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
@@ -33,19 +35,25 @@ def server(archive: FakeArchive) -> Iterator[FakeDicomWebServer]:
         yield srv
 
 
+@pytest.mark.parametrize("in_thread", [False, True])
 async def test_an_idle_sink_gets_batches_of_small_parts(
     server: FakeDicomWebServer,
     archive: FakeArchive,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    in_thread: bool,
 ) -> None:
     """Every batch of an answer but its last holds at least IDLE_BATCH_MIN_PARTS parts.
 
-    The sink thread is idle when an answer starts, so handing parts over "as soon as the
-    thread is idle" sent the first part alone, and every part alone when they trickle in
-    (as they do from Orthanc). Here series 1's answer stops for a moment after its first
-    part; series 2's comes at once.
+    The sink is idle when an answer starts, so handing parts over "as soon as the sink
+    is idle" sent the first part alone, and every part alone when they trickle in (as
+    they do from Orthanc). Here series 1's answer stops for a moment after its first
+    part; series 2's comes at once. The same holds with the sink on the event loop and
+    in a worker thread (where any batch over a budget below zero sends the rest).
     """
+    if in_thread:
+        monkeypatch.setattr(placement, "LOOP_BUDGET_SECONDS", -1.0)
+    threads: set[int] = set()
     stalled = f"{STUDY}.1"
     server.add_fault(f"series/{stalled}", StallAfter(nbytes=2600, seconds=0.3))
     batches: dict[str, list[int]] = defaultdict(list)
@@ -55,6 +63,7 @@ async def test_an_idle_sink_gets_batches_of_small_parts(
         self: PartSink, bodies: Sequence[PartBody], request: SeriesRequest
     ) -> list[Outcome]:
         batches[request.series_uid].append(len(bodies))
+        threads.add(threading.get_ident())
         return commit(self, bodies, request)
 
     monkeypatch.setattr(PartSink, "commit_batch", counting)
@@ -66,6 +75,7 @@ async def test_an_idle_sink_gets_batches_of_small_parts(
     assert server.pending_faults() == []
     assert not server.requests_matching(f"series/{stalled}/instances")  # the stall hit WADO
     assert len(batches) == 2
+    assert (threads != {threading.get_ident()}) == in_thread
     for sizes in batches.values():
         assert sum(sizes) == INSTANCES
         assert all(size >= IDLE_BATCH_MIN_PARTS for size in sizes[:-1]), sizes

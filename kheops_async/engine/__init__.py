@@ -12,7 +12,8 @@ the totals of the run. Its parts, one job each:
 - :mod:`~kheops_async.engine.series`: one series to completion (resume, whole series,
   then only what is missing);
 - :mod:`~kheops_async.engine.receiving` and :mod:`~kheops_async.engine.sink`: a part
-  from the network (event loop) into its final file (worker thread);
+  from the network into its final file; :mod:`~kheops_async.engine.placement`: whether
+  the sink runs on the event loop or in a worker thread;
 - :mod:`~kheops_async.engine.recorder`: counters, progress and the instance table;
 - :mod:`~kheops_async.engine.journal`: the SQLite record of what is done (one per
   shard; every run reads the others), :mod:`~kheops_async.engine.checksums` its sha256;

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,9 +13,9 @@ from kheops_async.client import DicomWebClient
 from kheops_async.engine.breaker import OutageBreaker
 from kheops_async.engine.deletion import DeletionPlan
 from kheops_async.engine.journal import Journal
+from kheops_async.engine.placement import Placement
 from kheops_async.engine.recorder import Recorder
 from kheops_async.engine.settings import DownloadSettings
-from kheops_async.engine.sink import PartSink
 from kheops_async.engine.state_dir import TempArea
 from kheops_async.errors import (
     AuthenticationError,
@@ -44,12 +44,11 @@ class RunContext:
     breaker: OutageBreaker
     retry: RetryPolicy
     temp: TempArea
-    sink: PartSink
+    placement: Placement
+    """Where received parts become files, one batch at a time."""
     journal: Journal | None
     deletions: DeletionPlan | None = None
     """``sync --delete``: the candidates gathered while the run goes."""
-    sink_slot: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(1))
-    """The one worker thread the sink runs in at a time (see :mod:`~kheops_async.engine.sink`)."""
 
     @property
     def layout(self) -> Layout:

@@ -1,12 +1,12 @@
 """Receiving parts from the network: small ones in memory, large ones into a temp file.
 
-This is the event-loop half of writing a part; :mod:`kheops_async.engine.sink` is
-the worker-thread half. A part up to :data:`SMALL_PART_BYTES` is kept as the list of
-chunks it arrived in (never joined on the event loop), so that the sink creates and
-writes its file in one ``writev`` off the event loop, with the other parts of its
-batch. A larger part streams to its temporary file in writes of at least
-:data:`LARGE_WRITE_BYTES`, each one ``writev`` in a worker thread, keeping its first
-:data:`HEADER_PROBE_BYTES` to read its header without a second read.
+This is the receiving half of writing a part; :mod:`kheops_async.engine.sink` is the
+placing half (:mod:`~kheops_async.engine.placement` says where it runs). A part up to
+:data:`SMALL_PART_BYTES` is kept as the list of chunks it arrived in (never joined on
+the event loop), so that the sink creates and writes its file in one ``writev``, with
+the other parts of its batch. A larger part streams to its temporary file in writes of
+at least :data:`LARGE_WRITE_BYTES`, each one ``writev`` in a worker thread, keeping its
+first :data:`HEADER_PROBE_BYTES` to read its header without a second read.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
 HEADER_PROBE_BYTES = 64 * 1024
 """Bytes of a large part's head kept in memory to read its header without a second read."""
 SMALL_PART_BYTES = 1024 * 1024
-"""Parts up to this size are kept in memory and written in one go, in the sink's thread."""
+"""Parts up to this size are kept in memory and written in one go, by the sink."""
 LARGE_WRITE_BYTES = 1024 * 1024
 """A large part is written in pieces of at least this size, each from a worker thread."""
 

@@ -25,6 +25,7 @@ from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.engine.deletion import Deleted, DeletionPlan, apply_deletions
 from kheops_async.engine.journal import Journal, journal_name, journal_paths
 from kheops_async.engine.metadata import save_series_metadata
+from kheops_async.engine.placement import Placement
 from kheops_async.engine.planning import plan_series
 from kheops_async.engine.recorder import InstanceTable, Recorder
 from kheops_async.engine.scheduling import LargestFirst
@@ -132,8 +133,10 @@ async def download(
             breaker=OutageBreaker(settings.outage_threshold),
             retry=settings.retry or client.retry,
             temp=temp,
-            sink=PartSink(
-                root, settings.layout, journal, fsync=settings.fsync, checksum=settings.checksum
+            placement=Placement(
+                PartSink(
+                    root, settings.layout, journal, fsync=settings.fsync, checksum=settings.checksum
+                )
             ),
             journal=journal,
             deletions=deletions,

@@ -13,10 +13,11 @@
    the expected SOPInstanceUID; anything else is fetched again and replaced.
    ``force`` trusts nothing.
 2. **Whole series**, streamed through the two-stage pipeline (:meth:`SeriesJob._store`:
-   the event loop receives while a worker thread checks and writes, one thread
-   call per batch of parts). A broken transfer keeps every part already finished.
-   It is retried whole only when that can help: the failure came before any part
-   arrived (a 503, a refused connection), or the attempt made progress.
+   the event loop receives while the sink checks and writes, one sink call per batch
+   of parts, on the loop or in a worker thread: :mod:`~kheops_async.engine.placement`).
+   A broken transfer keeps every part already finished. It is retried whole only when
+   that can help: the failure came before any part arrived (a 503, a refused
+   connection), or the attempt made progress.
 3. **Instance by instance** for what is still missing: when the series keeps
    breaking at the same place, when a clean answer lacks instances, or when most of
    the series is already there (for a sync, whenever any of it is: a sync never
@@ -68,19 +69,20 @@ MAX_INSTANCE_FAILURES_IN_A_ROW = 3
 """Instances of one series failing after all their retries, one after the other, before
 the series gives up (the rest is reported missing)."""
 BATCH_MAX_PARTS = 64
-"""Parts handed to the worker thread in one call at most."""
+"""Parts placed in one sink call at most."""
 BATCH_MAX_BYTES = 2 * 1024 * 1024
-"""Bytes of small parts gathered for one worker-thread call at most."""
+"""Bytes of small parts gathered for one sink call at most."""
 IDLE_BATCH_MIN_PARTS = 8
-"""Small parts gathered before a batch goes to an idle thread (or the bytes below).
+"""Small parts gathered before a batch goes to an idle sink (or the bytes below).
 
-A thread call costs a round trip through the event loop whatever the batch holds;
-handing each part over as soon as the thread was idle made S2 (4,000 parts of 76 KB)
-cost one call per part. Gathering a few first: S2's engine 2.71 -> 2.53 s (median of
-4, interleaved). The end of the answer (or its failure) hands over what is pending.
+A sink call costs a round trip through the event loop whatever the batch holds;
+handing each part over as soon as the sink was idle made S2 (4,000 parts of 76 KB)
+cost one call per part. Gathering a few first: S2's engine 2.71 -> 2.53 s (median of 4,
+interleaved, with the sink in a worker thread). The end of the answer (or its failure)
+hands over what is pending.
 """
 IDLE_BATCH_MIN_BYTES = 512 * 1024
-"""Bytes of small parts that go to an idle thread even before IDLE_BATCH_MIN_PARTS."""
+"""Bytes of small parts that go to an idle sink even before IDLE_BATCH_MIN_PARTS."""
 
 
 @dataclass(frozen=True)
@@ -427,11 +429,12 @@ class SeriesJob:
     async def _store(self, reader: MultipartReader, request: SeriesRequest) -> None:
         """Receive parts and place them in a two-stage pipeline.
 
-        The event loop receives while a worker thread checks and writes. Parts that
-        arrive while the thread is busy are gathered into one batch (at most
+        One task receives while another has the sink check and write (on the event
+        loop, or in a worker thread: :mod:`~kheops_async.engine.placement`). Parts
+        that arrive while the sink is busy are gathered into one batch (at most
         :data:`BATCH_MAX_PARTS` parts or :data:`BATCH_MAX_BYTES` of small parts), so
-        there is one thread call per batch, and at most two batches in memory; an idle
-        thread gets a batch once :data:`IDLE_BATCH_MIN_PARTS` parts or
+        there is one sink call per batch, and at most two batches in memory; an idle
+        sink gets a batch once :data:`IDLE_BATCH_MIN_PARTS` parts or
         :data:`IDLE_BATCH_MIN_BYTES` are pending (a large part goes at once). If the
         answer breaks off, the parts already received are still placed before the
         error is raised.
@@ -477,11 +480,11 @@ class SeriesJob:
                                 or pending_bytes >= IDLE_BATCH_MIN_BYTES
                             ):
                                 try:
-                                    send.send_nowait(pending)  # the thread is idle: go now
+                                    send.send_nowait(pending)  # the sink is idle: go now
                                 except anyio.WouldBlock:
                                     continue
                                 pending, pending_bytes = [], 0
-                    except Exception as exc:  # the thread places what came before
+                    except Exception as exc:  # the sink places what came before
                         errors.append(exc)
                     if pending:
                         batch, pending = pending, []
@@ -495,16 +498,13 @@ class SeriesJob:
             raise errors[0]
 
     async def _place(self, batch: list[PartBody], request: SeriesRequest) -> None:
-        """Hand one batch to the sink (a worker thread); record what became of each part.
+        """Have one batch placed (:mod:`~kheops_async.engine.placement`); record each part.
 
-        The thread call is shielded: once a batch is handed over, its files and their
-        records land together, even when the run is being cancelled.
+        Once a batch is handed over, its files and their records land together, even
+        when the run is being cancelled.
         """
         try:  # the sink removes the temporary files of whatever it does not place
-            with anyio.CancelScope(shield=True):
-                outcomes = await anyio.to_thread.run_sync(
-                    self.run.sink.commit_batch, batch, request, limiter=self.run.sink_slot
-                )
+            outcomes = await self.run.placement.commit(batch, request)
         except OSError as exc:
             raise StorageError(f"writing to {self.run.root} failed: {exc.strerror or exc}") from exc
         for outcome in outcomes:

@@ -1,4 +1,4 @@
-"""The sink: received parts into final files, one synchronous call per batch, in a thread.
+"""The sink: received parts into final files, one synchronous call per batch.
 
 For each part of a batch, :meth:`PartSink.commit_batch` checks, then places it:
 
@@ -18,11 +18,12 @@ For each part of a batch, :meth:`PartSink.commit_batch` checks, then places it:
 5. the journal records it (path, UIDs, size, modification time, sha256).
 
 Whatever goes wrong, the part's temporary file is removed before the exception
-leaves. Everything here blocks; the engine calls it through ``anyio.to_thread``, one
-call at a time for the whole run (so the collision check and the journal row of a
-path cannot interleave with another call's). One at a time is also the faster choice
-here, measured: with concurrent calls the threads fight over the GIL and a 50,000
-instance download cost 0.49 ms of CPU per instance, against 0.27 ms serialised
+leaves. Everything here blocks; the engine calls it through
+:class:`~kheops_async.engine.placement.Placement`, on the event loop or in a worker
+thread, one call at a time for the whole run (so the collision check and the journal
+row of a path cannot interleave with another call's). One at a time is also the faster
+choice, measured: with concurrent thread calls the threads fight over the GIL and a
+50,000 instance download cost 0.49 ms of CPU per instance, against 0.27 ms serialised
 (``benchmarks/bench_memory.py --sizes 500,50000``).
 """
 
