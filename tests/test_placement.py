@@ -155,3 +155,23 @@ async def test_a_batch_in_a_thread_is_placed_whole_when_the_run_is_cancelled(
     _assert_placed(tmp_path, journal, instances)
     assert list(temp.directory.iterdir()) == []
     journal.close()
+
+
+async def test_quick_calls_follow_the_same_rule(tmp_path: Path) -> None:
+    """A journal call runs on the loop until one is slow; then it and batches use a thread."""
+    _temp, journal, sink = _setup(tmp_path)
+    placement = Placement(sink)
+    threads: list[int] = []
+
+    def record(stall: float) -> int:
+        threads.append(threading.get_ident())
+        time.sleep(stall)
+        return len(threads)
+
+    assert await placement.call(lambda: record(0.0)) == 1
+    assert await placement.call(lambda: record(LOOP_BUDGET_SECONDS * 2)) == 2
+    assert await placement.call(lambda: record(0.0)) == 3
+    loop = threading.get_ident()
+    assert threads[:2] == [loop, loop] and threads[2] != loop
+    assert not placement.on_loop
+    journal.close()

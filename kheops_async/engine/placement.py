@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -40,40 +41,41 @@ __all__ = ["LOOP_BUDGET_SECONDS", "Placement"]
 
 log = logging.getLogger("kheops_async")
 
+T = TypeVar("T")
+
 LOOP_BUDGET_SECONDS = 0.02
 """The longest a batch may hold the event loop; a slower one sends the rest to a thread."""
 
 
 class Placement:
-    """Places batches through ``sink``, one at a time, on the loop or in a thread."""
+    """Places batches through ``sink``, one at a time, on the loop or in a thread.
+
+    :meth:`call` runs the run's other quick blocking work (the journal's record of a
+    series) by the same rule, so the loop and a thread do not take turns at the GIL.
+    """
 
     def __init__(self, sink: PartSink, *, on_loop: bool | None = None) -> None:
         self.sink = sink
         self.on_loop = not sink.fsync if on_loop is None else on_loop
-        """Whether the next batch is placed on the event loop (else in a worker thread)."""
+        """Whether the next call runs on the event loop (else in a worker thread)."""
         self._slot = anyio.Lock()
 
     async def commit(self, batch: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place ``batch`` (see :meth:`PartSink.commit_batch`). Raises OSError."""
         with anyio.CancelScope(shield=True):
             async with self._slot:
-                if not self.on_loop:
-                    outcomes = await anyio.to_thread.run_sync(
-                        self.sink.commit_batch, batch, request
-                    )
-                else:
-                    started = time.perf_counter()
-                    try:
-                        outcomes = self.sink.commit_batch(batch, request)
-                    finally:
-                        self._check_budget(time.perf_counter() - started, len(batch))
+                outcomes = await self.call(lambda: self.sink.commit_batch(batch, request))
         return outcomes
 
-    def _check_budget(self, seconds: float, parts: int) -> None:
-        if seconds > LOOP_BUDGET_SECONDS:
-            self.on_loop = False
-            log.debug(
-                "placing %d parts took %.3f s: later batches are placed in a worker thread",
-                parts,
-                seconds,
-            )
+    async def call(self, function: Callable[[], T]) -> T:
+        """``function()``, on the loop while calls stay within the budget, else in a thread."""
+        if not self.on_loop:
+            return await anyio.to_thread.run_sync(function)
+        started = time.perf_counter()
+        try:
+            return function()
+        finally:
+            seconds = time.perf_counter() - started
+            if seconds > LOOP_BUDGET_SECONDS:
+                self.on_loop = False
+                log.debug("a blocking call took %.3f s: later ones run in a worker thread", seconds)

@@ -69,8 +69,8 @@ class _SeenSeries:
     async def first_time(self, plan: SeriesPlan) -> bool:
         journal = self.run.journal
         if journal is not None and not journal.readonly:
-            return await anyio.to_thread.run_sync(
-                journal.claim_series, plan.study_uid, plan.series_uid
+            return await self.run.placement.call(
+                lambda: journal.claim_series(plan.study_uid, plan.series_uid)
             )
         key = (plan.study_uid, plan.series_uid)
         if key in self.keys:

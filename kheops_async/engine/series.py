@@ -155,7 +155,7 @@ class SeriesJob:
     async def _finish(self) -> None:
         journal = self.run.journal
         if journal is not None:
-            await anyio.to_thread.run_sync(
+            await self.run.placement.call(
                 lambda: journal.finish_series(
                     self.plan.study_uid,
                     self.plan.series_uid,
@@ -179,8 +179,8 @@ class SeriesJob:
         journal = self.run.journal
         plan = self.plan
         if journal is not None:
-            entries = await anyio.to_thread.run_sync(
-                journal.series_entries, plan.study_uid, plan.series_uid
+            entries = await self.run.placement.call(
+                lambda: journal.series_entries(plan.study_uid, plan.series_uid)
             )
             if entries and self.run.deletions is not None:
                 entries = await self._without_unlisted(entries)
