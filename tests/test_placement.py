@@ -13,7 +13,7 @@ import pytest
 from kheops_async.demo import generate_dataset
 from kheops_async.demo.sample_data import SampleInstance
 from kheops_async.engine.journal import Journal
-from kheops_async.engine.placement import LOOP_BUDGET_SECONDS, Placement
+from kheops_async.engine.placement import LOOP_BUDGET_SECONDS, THREAD_PART_BYTES, Placement
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
 from kheops_async.engine.state_dir import TempArea
@@ -174,4 +174,29 @@ async def test_quick_calls_follow_the_same_rule(tmp_path: Path) -> None:
     loop = threading.get_ident()
     assert threads[:2] == [loop, loop] and threads[2] != loop
     assert not placement.on_loop
+    journal.close()
+
+
+async def test_a_batch_of_big_parts_is_written_in_a_thread(tmp_path: Path) -> None:
+    """Parts averaging THREAD_PART_BYTES go to a thread; small ones stay on the loop."""
+    small = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=2
+    )
+    big = generate_dataset(
+        seed=99,
+        patients=1,
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=2,
+        pixel_bytes=THREAD_PART_BYTES,
+    )
+    temp, journal, sink = _setup(tmp_path)
+    placement = Placement(sink)
+    await placement.commit(_bodies(temp, small), _request(small))
+    await placement.commit(_bodies(temp, big), _request(big))
+    loop = threading.get_ident()
+    assert sink.threads[0] == loop and sink.threads[1] != loop
+    assert placement.on_loop  # a big batch says nothing about the storage's speed
+    _assert_placed(tmp_path, journal, small)
+    _assert_placed(tmp_path, journal, big)
     journal.close()

@@ -6,18 +6,19 @@ event loop receive meanwhile, but in CPython both threads then take turns at the
 at every system call either of them makes. Measured on the 4,000 instances of 76 KB
 from Orthanc (benchmark case S2, the command, 2 cores): with every batch in a thread,
 ``strace -c`` counted 96,000 futex calls (24 per part) and ``perf`` put about 15 % of
-the process's CPU in the scheduler; the download took 3.0-3.2 s (2.9 s of CPU). The
-same batches placed on the event loop took 2.4-2.6 s (2.3 s of CPU). On one series of
-200 parts of 525 KB the two were within noise of each other.
+the process's CPU in the scheduler; the download took a median 3.37 s (3.2 s of CPU,
+6 interleaved pairs) against 2.80 s (2.65 s of CPU) with the batches on the loop.
 
-So a batch is placed on the event loop by default. That blocks the loop for the length
-of one batch (8 parts or 512 KB as the engine gathers them: about a millisecond on a
-local disk), which storage can make long: the first batch that takes more than
-:data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes)
-moves placement to the worker thread for the rest of the run, and with ``fsync``
-placement is always in the thread (each flush waits for the disk). Large parts were
-already streamed to their temporary files from worker threads
-(:mod:`~kheops_async.engine.receiving`); only their rename and record happen here.
+So a batch of small parts is placed on the event loop, and a batch of big ones
+(:data:`THREAD_PART_BYTES`) in a worker thread, where one long ``writev`` per part lets
+the loop go on receiving. A batch on the loop blocks it for its length (8 parts or
+512 KB as the engine gathers them: about a millisecond on a local disk), which storage
+can make long: the first call that takes more than :data:`LOOP_BUDGET_SECONDS` (a
+network file system, a disk that throttles writes) moves placement to the worker
+thread for the rest of the run, and with ``fsync`` placement is always in the thread
+(each flush waits for the disk). Large parts were already streamed to their temporary
+files from worker threads (:mod:`~kheops_async.engine.receiving`); only their rename
+and record happen here.
 
 Either way one batch is placed at a time for the whole run, so the collision check and
 the journal row of a path never interleave with another batch's; and a batch once
@@ -37,7 +38,7 @@ import anyio.to_thread
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
 
-__all__ = ["LOOP_BUDGET_SECONDS", "Placement"]
+__all__ = ["LOOP_BUDGET_SECONDS", "THREAD_PART_BYTES", "Placement"]
 
 log = logging.getLogger("kheops_async")
 
@@ -45,6 +46,16 @@ T = TypeVar("T")
 
 LOOP_BUDGET_SECONDS = 0.02
 """The longest a batch may hold the event loop; a slower one sends the rest to a thread."""
+THREAD_PART_BYTES = 256 * 1024
+"""Batches whose parts average this many bytes still to write are written in a thread.
+
+A big ``writev`` holds the GIL released long enough for the loop to receive meanwhile,
+so the thread pays for its handoffs: on the 200 parts of 525 KB (S1, the library, 8
+interleaved pairs) the engine took a median 0.276 s with every batch on the loop, 0.25 s
+with each in a thread; on the 560-instance archive (360 parts of 50-100 KB and 200 of
+525 KB, the command, 6 runs each) 0.78 s on the loop, 0.71 s all in threads, 0.68 s
+with this threshold (64 KB: 0.69 s, but S2's parts of 50-100 KB then go to threads).
+"""
 
 
 class Placement:
@@ -62,9 +73,16 @@ class Placement:
 
     async def commit(self, batch: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place ``batch`` (see :meth:`PartSink.commit_batch`). Raises OSError."""
+        to_write = sum(body.size for body in batch if body.in_memory)
+        in_thread = to_write >= THREAD_PART_BYTES * len(batch)
         with anyio.CancelScope(shield=True):
             async with self._slot:
-                outcomes = await self.call(lambda: self.sink.commit_batch(batch, request))
+                if in_thread:
+                    outcomes = await anyio.to_thread.run_sync(
+                        self.sink.commit_batch, batch, request
+                    )
+                else:
+                    outcomes = await self.call(lambda: self.sink.commit_batch(batch, request))
         return outcomes
 
     async def call(self, function: Callable[[], T]) -> T:
