@@ -24,8 +24,7 @@ __all__ = ["RawValue", "scan_explicit_le"]
 RawValue = tuple[str, bytes]
 """An element's VR and its raw value bytes."""
 
-_TAG_AND_VR = struct.Struct("<HH2s")
-_SHORT_LENGTH = struct.Struct("<H")
+_ELEMENT = struct.Struct("<HH2sH")  # tag, VR, and a short VR's length (reserved for a long VR)
 _LONG_LENGTH = struct.Struct("<L")
 _TAG_AND_LENGTH = struct.Struct("<HHL")
 
@@ -75,16 +74,13 @@ def scan_explicit_le(data: bytes, wanted: Collection[int], last: int) -> dict[in
 
 def _element_header(data: bytes, position: int) -> tuple[int, bytes, int, int]:
     """(tag, VR, value length, value position) of the element at ``position``."""
-    group, element, vr = _TAG_AND_VR.unpack_from(data, position)
+    group, element, vr, length = _ELEMENT.unpack_from(data, position)
     if vr in _LONG_VRS:
         (length,) = _LONG_LENGTH.unpack_from(data, position + 8)
-        start = position + 12
-    elif vr in _KNOWN_VRS:
-        (length,) = _SHORT_LENGTH.unpack_from(data, position + 6)
-        start = position + 8
-    else:
-        raise _Unsure  # an unknown VR, or not explicit VR at all
-    return (group << 16) | element, vr, length, start
+        return (group << 16) | element, vr, length, position + 12
+    if vr in _KNOWN_VRS:
+        return (group << 16) | element, vr, length, position + 8
+    raise _Unsure  # an unknown VR, or not explicit VR at all
 
 
 def _scan_meta(data: bytes) -> tuple[bytes, int]:
@@ -107,8 +103,17 @@ def _scan_data_set(
 ) -> dict[int, RawValue]:
     found: dict[int, RawValue] = {}
     size = len(data)
+    unpack_element = _ELEMENT.unpack_from  # _element_header, inlined: the hot loop
     while position + 8 <= size:
-        tag, vr, length, start = _element_header(data, position)
+        group, element, vr, length = unpack_element(data, position)
+        if vr in _LONG_VRS:
+            (length,) = _LONG_LENGTH.unpack_from(data, position + 8)
+            start = position + 12
+        elif vr in _KNOWN_VRS:
+            start = position + 8
+        else:
+            raise _Unsure
+        tag = (group << 16) | element
         if tag > last:
             return found
         if length == _UNDEFINED:
