@@ -32,6 +32,7 @@ from kheops_async.cli.options import (
     verbosity_options,
     verify_options,
 )
+from kheops_async.cli.process_exit import end_process, exit_status
 from kheops_async.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -390,10 +391,19 @@ def console_main() -> None:
     trio. ``None`` in ``sys.modules`` makes their import raise ImportError, which
     pydicom, httpx and httpcore handle. Only this process entry point does it: the
     library, and ``main()`` called from Python, leave the caller's imports alone.
+
+    The process then ends without the interpreter's teardown
+    (:mod:`~kheops_async.cli.process_exit`: 50-75 ms here).
     """
     for unused in _UNUSED_OPTIONAL_IMPORTS:
         sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
-    main(prog_name="kheops-async")
+    try:
+        main(prog_name="kheops-async")
+    except SystemExit as stop:
+        status = exit_status(stop.code)
+    else:
+        status = 0
+    end_process(status)
 
 
 _UNUSED_OPTIONAL_IMPORTS = ("numpy", "PIL", "requests", "httpx._main", "trio")
