@@ -14,7 +14,7 @@ says so, never a met one. What is compared with what:
 * peak RSS: ``ru_maxrss`` of the command and of both library runners, max over runs.
 * CPU per instance (T): user + sys of the command's process, divided by the instances.
 * parser: ``bench_parser.py`` on this library and on the baseline commit, interleaved in
-  the same session; the median may be at most :data:`PARSER_NOISE` below the baseline's.
+  the same session; the best run may be at most :data:`PARSER_NOISE` below the baseline's.
 * start-up: median wall time of the installed ``kheops-async`` script.
 """
 
@@ -31,8 +31,16 @@ TRIO_SLOWDOWN = 1.2  # trio's time / asyncio's, at most
 CPU_MS_PER_INSTANCE = 0.3
 STARTUP_TARGETS_S = {"--version": 0.12, "--help": 0.15}
 PARSER_NOISE = 0.05
-"""How far below the baseline a median may fall and still count as "no slower": two runs
-of the same parser code, interleaved, differ by up to a few percent on this machine."""
+"""How far below the baseline's best run this library's best may fall and still count as
+"no slower".
+
+Best runs, not medians: the run of 19bbe27's code against the same parser code at the
+baseline (no line of the parser differs) gave medians of 2632 and 3194 MB/s on 8 KB
+chunks, because whole rounds of runs come out 20-40 % slower or faster together (one
+process's luck: where its memory lands, which core it gets). Noise only ever slows a
+run down, so the fastest run of each is the figure of its code (as ``timeit``'s
+documentation advises); its best runs were 3401 and 3501 MB/s. Medians are reported
+beside it."""
 
 Row = dict[str, Any]
 
@@ -163,19 +171,20 @@ def rss_targets(cases: dict[str, Any]) -> list[Row]:
 
 
 def parser_targets(parser: dict[str, Any] | None) -> list[Row]:
-    """Each parser case: median no slower than the baseline's (within the noise)."""
+    """Each parser case: best run no slower than the baseline's (within the noise)."""
     if parser is None:
         return [_row("parser", "no slower than the baseline", "not measured", False)]
     rows = []
     baseline = parser.get("baseline_commit", "?")
     for case in parser["cases"]:
         target = f"no slower than at {baseline[:7]} (>= {1 - PARSER_NOISE:g} x): {case['name']}"
-        reference = case.get("baseline_median_mb_per_s")
-        if not reference:
+        baseline_runs = case.get("baseline_runs_mb_per_s")
+        if not baseline_runs:
             rows.append(_row("parser", target, "no baseline figure", False))
             continue
-        value = case["median_mb_per_s"] / reference
-        text = f"{value:.2f}x ({case['median_mb_per_s']:.0f} / {reference:.0f} MB/s)"
+        best, reference = max(case["runs_mb_per_s"]), max(baseline_runs)
+        value = best / reference
+        text = f"{value:.2f}x (best runs {best:.0f} / {reference:.0f} MB/s)"
         rows.append(_row("parser", target, text, value >= 1 - PARSER_NOISE))
     return rows
 
