@@ -13,7 +13,12 @@ import pytest
 from kheops_async.demo import generate_dataset
 from kheops_async.demo.sample_data import SampleInstance
 from kheops_async.engine.journal import Journal
-from kheops_async.engine.placement import LOOP_BUDGET_SECONDS, THREAD_PART_BYTES, Placement
+from kheops_async.engine.placement import (
+    LOOP_BUDGET_SECONDS,
+    SLOW_CALLS_FOR_THREAD,
+    THREAD_PART_BYTES,
+    Placement,
+)
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
 from kheops_async.engine.state_dir import TempArea
@@ -107,19 +112,24 @@ async def test_with_fsync_every_batch_is_placed_in_a_worker_thread(
     journal.close()
 
 
-async def test_a_batch_over_the_budget_sends_the_next_ones_to_a_thread(
+async def test_batches_over_the_budget_send_the_next_ones_to_a_thread(
     tmp_path: Path, instances: list[SampleInstance]
 ) -> None:
-    """Slow storage holds the loop once (the batch that shows it is slow), then never."""
+    """Slow storage holds the loop a few times (the calls that show it is slow), then never.
+
+    One slow call alone (an accident) changes nothing.
+    """
     temp, journal, sink = _setup(tmp_path)
     placement = Placement(sink)
     request = _request(instances)
-    sink.stalls = [0.0, LOOP_BUDGET_SECONDS * 2]  # the second batch is slow
-    for third in (instances[:2], instances[2:4], instances[4:]):
-        await placement.commit(_bodies(temp, third), request)
+    slow = LOOP_BUDGET_SECONDS * 2
+    sink.stalls = [0.0, slow, 0.0] + [slow] * (SLOW_CALLS_FOR_THREAD - 1)
+    for instance in instances:
+        await placement.commit(_bodies(temp, [instance]), request)
     loop = threading.get_ident()
-    assert sink.threads[:2] == [loop, loop]
-    assert sink.threads[2] != loop
+    on_loop = 2 + SLOW_CALLS_FOR_THREAD
+    assert sink.threads[:on_loop] == [loop] * on_loop
+    assert loop not in sink.threads[on_loop:] and sink.threads[on_loop:]
     assert not placement.on_loop
     _assert_placed(tmp_path, journal, instances)
     journal.close()
@@ -169,10 +179,11 @@ async def test_quick_calls_follow_the_same_rule(tmp_path: Path) -> None:
         return len(threads)
 
     assert await placement.call(lambda: record(0.0)) == 1
-    assert await placement.call(lambda: record(LOOP_BUDGET_SECONDS * 2)) == 2
-    assert await placement.call(lambda: record(0.0)) == 3
+    for number in range(2, SLOW_CALLS_FOR_THREAD + 2):
+        assert await placement.call(lambda: record(LOOP_BUDGET_SECONDS * 2)) == number
+    assert await placement.call(lambda: record(0.0)) == SLOW_CALLS_FOR_THREAD + 2
     loop = threading.get_ident()
-    assert threads[:2] == [loop, loop] and threads[2] != loop
+    assert threads[:-1] == [loop] * (SLOW_CALLS_FOR_THREAD + 1) and threads[-1] != loop
     assert not placement.on_loop
     journal.close()
 

@@ -5,7 +5,7 @@ creation, rename, a journal row per part). Handing it to a worker thread lets th
 event loop receive meanwhile, but in CPython both threads then take turns at the GIL
 at every system call either of them makes. Measured on the 4,000 instances of 76 KB
 from Orthanc (benchmark case S2, the command, 2 cores): with every batch in a thread,
-``strace -c`` counted 96,000 futex calls (24 per part) and ``perf`` put about 15 % of
+``strace -c`` counted 96,000 futex calls (24 per part) and ``perf`` put over 10 % of
 the process's CPU in the scheduler; the download took a median 3.37 s (3.2 s of CPU,
 6 interleaved pairs) against 2.80 s (2.65 s of CPU) with the batches on the loop.
 
@@ -13,12 +13,12 @@ So a batch of small parts is placed on the event loop, and a batch of big ones
 (:data:`THREAD_PART_BYTES`) in a worker thread, where one long ``writev`` per part lets
 the loop go on receiving. A batch on the loop blocks it for its length (8 parts or
 512 KB as the engine gathers them: about a millisecond on a local disk), which storage
-can make long: the first call that takes more than :data:`LOOP_BUDGET_SECONDS` (a
-network file system, a disk that throttles writes) moves placement to the worker
-thread for the rest of the run, and with ``fsync`` placement is always in the thread
-(each flush waits for the disk). Large parts were already streamed to their temporary
-files from worker threads (:mod:`~kheops_async.engine.receiving`); only their rename
-and record happen here.
+can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls have taken more than
+:data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes),
+placement moves to the worker thread for the rest of the run; with ``fsync`` it is
+always in the thread (each flush waits for the disk). Large parts were already
+streamed to their temporary files from worker threads
+(:mod:`~kheops_async.engine.receiving`); only their rename and record happen here.
 
 Either way one batch is placed at a time for the whole run, so the collision check and
 the journal row of a path never interleave with another batch's; and a batch once
@@ -38,14 +38,19 @@ import anyio.to_thread
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
 
-__all__ = ["LOOP_BUDGET_SECONDS", "THREAD_PART_BYTES", "Placement"]
+__all__ = ["LOOP_BUDGET_SECONDS", "SLOW_CALLS_FOR_THREAD", "THREAD_PART_BYTES", "Placement"]
 
 log = logging.getLogger("kheops_async")
 
 T = TypeVar("T")
 
 LOOP_BUDGET_SECONDS = 0.02
-"""The longest a batch may hold the event loop; a slower one sends the rest to a thread."""
+"""The longest a call should hold the event loop (see :data:`SLOW_CALLS_FOR_THREAD`)."""
+SLOW_CALLS_FOR_THREAD = 3
+"""Calls over the budget that send the rest of the run to a thread.
+
+One slow call can be an accident (a checkpoint of the journal, a stall while the kernel
+writes dirty pages back); three in one run say that the storage is slow."""
 THREAD_PART_BYTES = 256 * 1024
 """Batches whose parts average this many bytes still to write are written in a thread.
 
@@ -70,6 +75,7 @@ class Placement:
         self.on_loop = not sink.fsync if on_loop is None else on_loop
         """Whether the next call runs on the event loop (else in a worker thread)."""
         self._slot = anyio.Lock()
+        self._slow_calls = 0
 
     async def commit(self, batch: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place ``batch`` (see :meth:`PartSink.commit_batch`). Raises OSError."""
@@ -95,5 +101,13 @@ class Placement:
         finally:
             seconds = time.perf_counter() - started
             if seconds > LOOP_BUDGET_SECONDS:
-                self.on_loop = False
-                log.debug("a blocking call took %.3f s: later ones run in a worker thread", seconds)
+                self._slow_calls += 1
+                if self._slow_calls >= SLOW_CALLS_FOR_THREAD:
+                    self.on_loop = False
+                    log.debug(
+                        "%d blocking calls took more than %.3f s (the last %.3f s): "
+                        "later ones run in a worker thread",
+                        self._slow_calls,
+                        LOOP_BUDGET_SECONDS,
+                        seconds,
+                    )
