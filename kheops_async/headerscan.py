@@ -4,7 +4,7 @@ Nearly every part a DICOMweb server sends is explicit VR little endian (the defa
 syntax and every compressed one). For those, :func:`scan_explicit_le` finds the raw
 values of the wanted tags by walking element headers in the buffer with
 ``struct.unpack_from``: no stream, no element objects, no value conversion. Measured
-on 1 KB instances, pydicom's element generator spent about 57 % of the sink thread's
+on 1 KB instances, pydicom's element generator spent about 57 % of the sink's
 time here (``benchmarks/RESULTS.md``).
 
 It answers only when it is sure: anything else (implicit VR, big endian, deflate, an
