@@ -12,7 +12,6 @@ from fakeserver import FakeArchive, FakeDicomWebServer, StallAfter, make_tree_ar
 from treecheck import assert_no_temp_files, assert_tree_holds
 
 from kheops_async import DicomWebClient, Targets, download
-from kheops_async.engine import placement
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.series import IDLE_BATCH_MIN_PARTS
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
@@ -49,10 +48,8 @@ async def test_an_idle_sink_gets_batches_of_small_parts(
     is idle" sent the first part alone, and every part alone when they trickle in (as
     they do from Orthanc). Here series 1's answer stops for a moment after its first
     part; series 2's comes at once. The same holds with the sink on the event loop and
-    in a worker thread (where any batch over a budget below zero sends the rest).
+    in a worker thread (``sink_in_thread``).
     """
-    if in_thread:
-        monkeypatch.setattr(placement, "LOOP_BUDGET_SECONDS", -1.0)
     threads: set[int] = set()
     stalled = f"{STUDY}.1"
     server.add_fault(f"series/{stalled}", StallAfter(nbytes=2600, seconds=0.3))
@@ -68,14 +65,15 @@ async def test_an_idle_sink_gets_batches_of_small_parts(
 
     monkeypatch.setattr(PartSink, "commit_batch", counting)
     async with DicomWebClient(server.base_url, token=TOKEN, concurrency=2) as client:
-        report = await download(client, Targets(query={}), tmp_path)
+        report = await download(client, Targets(query={}), tmp_path, sink_in_thread=in_thread)
     assert report.ok and report.written == 2 * INSTANCES
     assert_tree_holds(tmp_path, archive.all_instances())
     assert_no_temp_files(tmp_path)
     assert server.pending_faults() == []
     assert not server.requests_matching(f"series/{stalled}/instances")  # the stall hit WADO
     assert len(batches) == 2
-    assert (threads != {threading.get_ident()}) == in_thread
+    loop = threading.get_ident()
+    assert (loop not in threads) if in_thread else (threads == {loop}), threads
     for sizes in batches.values():
         assert sum(sizes) == INSTANCES
         assert all(size >= IDLE_BATCH_MIN_PARTS for size in sizes[:-1]), sizes

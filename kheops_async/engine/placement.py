@@ -15,9 +15,10 @@ the loop go on receiving. A batch on the loop blocks it for its length (8 parts 
 512 KB as the engine gathers them: about a millisecond on a local disk), which storage
 can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls have taken more than
 :data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes),
-placement moves to the worker thread for the rest of the run; with ``fsync`` it is
-always in the thread (each flush waits for the disk). Large parts were already
-streamed to their temporary files from worker threads
+placement moves to the worker thread for the rest of the run. With ``fsync`` it is
+always in the thread (each flush waits for the disk), and so it is with the setting
+``sink_in_thread`` (for a service whose loop must never wait for the disk). Large
+parts were already streamed to their temporary files from worker threads
 (:mod:`~kheops_async.engine.receiving`); only their rename and record happen here.
 
 Either way one batch is placed at a time for the whole run, so the collision check and

@@ -136,7 +136,8 @@ async def download(
             placement=Placement(
                 PartSink(
                     root, settings.layout, journal, fsync=settings.fsync, checksum=settings.checksum
-                )
+                ),
+                on_loop=False if settings.sink_in_thread else None,
             ),
             journal=journal,
             deletions=deletions,

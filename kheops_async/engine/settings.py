@@ -47,6 +47,10 @@ class DownloadSettings:
     - ``force``: rewrite every file, trusting neither the tree nor the journal.
     - ``fsync``: flush each file (and its directory) to stable storage before and
       after its rename.
+    - ``sink_in_thread``: check and write every part from a worker thread, never on the
+      event loop (by default small parts are written on the loop, about a millisecond
+      per batch, which costs less CPU: see :mod:`~kheops_async.engine.placement`); for
+      a service whose event loop must never wait for the disk.
     - ``checksum``: compute each file's sha256 while it streams, kept in the journal.
     - ``dry_run``: plan and list only; nothing written, no bulk data retrieved.
     - ``metadata_only``: save WADO-RS metadata as DICOM JSON instead of instances.
@@ -69,6 +73,7 @@ class DownloadSettings:
     layout: Layout = field(default_factory=Layout)
     force: bool = False
     fsync: bool = False
+    sink_in_thread: bool = False
     checksum: bool = False
     dry_run: bool = False
     metadata_only: MetadataMode | None = None
