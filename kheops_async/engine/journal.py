@@ -10,7 +10,9 @@ and modification time (see :mod:`kheops_async.engine.series`).
 Writes are batched: rows go into an open transaction, committed every
 :data:`COMMIT_ROWS` rows and at the end of each series, never one transaction per
 instance. Every method is synchronous and thread-safe (one connection behind a
-lock): the engine calls them from worker threads, never on the event loop. A crash
+lock): the engine calls the quick ones where it places parts (on the event loop while
+that stays quick, see :mod:`~kheops_async.engine.placement`) and the long ones from
+worker threads; no method ever waits for the event loop. A crash
 loses at most the uncommitted rows; their files are then untracked, and a rerun
 checks them as DICOM before trusting them. SQLite errors (a full disk) become
 :class:`~kheops_async.errors.StorageError`.

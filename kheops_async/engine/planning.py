@@ -184,12 +184,12 @@ async def _queue_changed_studies(
     ]
     deletions = run.deletions
     if deletions is not None:
-        await anyio.to_thread.run_sync(deletions.listed.add, [uid for uid, _ in listed])
+        await run.placement.in_thread(lambda: deletions.listed.add([uid for uid, _ in listed]))
     if not _skippable(run, targets):
         for record in records:
             await _queue_study(run, record, explicit, send)
         return
-    states = await anyio.to_thread.run_sync(check_studies, journal, run.root, listed)
+    states = await run.placement.in_thread(lambda: check_studies(journal, run.root, listed))
     unchanged: set[str] = set()
     for state in states:
         run.recorder.study_checked(state)
@@ -311,7 +311,7 @@ async def _plan_study(
         await send.send(plan)
     if run.deletions is not None and wanted is None and not records.truncated:
         listed = {record.series_uid for record in records.records}
-        await anyio.to_thread.run_sync(_plan_series_deletions, run, study_uid, listed)
+        await run.placement.in_thread(lambda: _plan_series_deletions(run, study_uid, listed))
     for series_uid in sorted((wanted or frozenset()) - found):
         run.recorder.failure(SeriesFailure(study_uid, series_uid, "series not found on the server"))
     unfiltered = wanted is None and not targets.series_filters and not only

@@ -185,7 +185,9 @@ class SeriesJob:
             if entries and self.run.deletions is not None:
                 entries = await self._without_unlisted(entries)
             if entries:
-                checked = await anyio.to_thread.run_sync(self._check_journal_entries, entries)
+                checked = await self.run.placement.in_thread(
+                    lambda: self._check_journal_entries(entries)
+                )
                 self._adopt(checked)
         if self.expected is not None and self._shortfall() == 0 and not self.run.settings.deep:
             return  # every instance the server counts is in place: no request at all
@@ -200,7 +202,7 @@ class SeriesJob:
             if r.sop_uid and r.sop_uid not in self.request.done | self.request.suspects
         }
         if candidates:
-            checked = await anyio.to_thread.run_sync(self._check_untracked, candidates)
+            checked = await self.run.placement.in_thread(lambda: self._check_untracked(candidates))
             self._adopt(checked)
 
     async def _without_unlisted(self, entries: dict[str, JournalEntry]) -> dict[str, JournalEntry]:
@@ -216,8 +218,10 @@ class SeriesJob:
         gone = [entry for sop_uid, entry in entries.items() if sop_uid not in listed]
         journal, deletions = self.run.journal, self.run.deletions
         if gone and journal is not None and deletions is not None:
-            await anyio.to_thread.run_sync(
-                deletions.add_found, journal.family, gone, "instance no longer listed by the server"
+            await self.run.placement.in_thread(
+                lambda: deletions.add_found(
+                    journal.family, gone, "instance no longer listed by the server"
+                )
             )
         return {sop_uid: entry for sop_uid, entry in entries.items() if sop_uid in listed}
 
