@@ -360,7 +360,12 @@ def _zip_batch(url: str, auth: tuple[str, str] | None, batch: Batch) -> Tally:
         auth=auth,
         timeout=timeout,
     )
-    response.raise_for_status()
+    if response.is_error:  # httpx's own error cannot cross back from a worker process
+        raise RuntimeError(
+            f"Orthanc refused the study of seed {batch.seed} ({batch.series} series x "
+            f"{batch.instances} instances): HTTP "
+            f"{response.status_code} {response.text[:300]!r}"
+        )
     answers = response.json()
     stored = sum(a.get("Status") in ("Success", "AlreadyStored") for a in answers)
     _check_stored(batch, stored, tally)
