@@ -12,7 +12,7 @@
    :func:`~kheops_async.dicomfile.is_complete_part10` finds a whole Part-10 file of
    the expected SOPInstanceUID; anything else is fetched again and replaced.
    ``force`` trusts nothing.
-2. **Whole series**, streamed through the two-stage pipeline (:meth:`SeriesJob._store`:
+2. **Whole series**, streamed through the two-stage pipeline (:meth:`SeriesJob._retrieve`:
    the event loop receives while the sink checks and writes, one sink call per batch
    of parts, on the loop or in a worker thread: :mod:`~kheops_async.engine.placement`).
    A broken transfer keeps every part already finished. It is retried whole only when
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kheops_async.dicomfile import is_complete_part10
 from kheops_async.dicomjson import DicomRecord
@@ -415,38 +415,21 @@ class SeriesJob:
             )
 
     async def _retrieve(self, sop_uid: str | None) -> None:
-        """One retrieve (the series, or one instance), holding a request slot."""
+        """One retrieve (the series, or one instance) through a two-stage pipeline.
+
+        One task receives parts while another has them placed (on the event loop, or
+        in a worker thread: :mod:`~kheops_async.engine.placement`). The request slot
+        is held while the answer is received, not while its last batches are placed:
+        through 40 ms of round trip (benchmark case S3, 200 series of 1.5 MB), placing
+        what was still pending after the last byte held each slot a mean 10 ms, 8 % of
+        the retrieves' slot time (S3, the command, 8 interleaved pairs: 3.87 -> 3.74 s).
+        If the answer breaks off, the parts already received are still placed before
+        the error is raised; if placing fails, receiving stops.
+        """
         plan, run = self.plan, self.run
         request = self.request if sop_uid is None else self.request.for_instance(sop_uid)
-
-        async def stream() -> None:
-            async with run.client.retrieve(
-                plan.study_uid,
-                plan.series_uid,
-                sop_uid,
-                transfer_syntax=run.settings.transfer_syntax,
-            ) as reader:
-                await self._store(reader, request)
-
-        await run.limited(stream)
-
-    async def _store(self, reader: MultipartReader, request: SeriesRequest) -> None:
-        """Receive parts and place them in a two-stage pipeline.
-
-        One task receives while another has the sink check and write (on the event
-        loop, or in a worker thread: :mod:`~kheops_async.engine.placement`). Parts
-        that arrive while the sink is busy are gathered into one batch (at most
-        :data:`BATCH_MAX_PARTS` parts or :data:`BATCH_MAX_BYTES` of small parts), so
-        there is one sink call per batch, and at most two batches in memory; an idle
-        sink gets a batch once :data:`IDLE_BATCH_MIN_PARTS` parts or
-        :data:`IDLE_BATCH_MIN_BYTES` are pending (a large part goes at once). If the
-        answer breaks off, the parts already received are still placed before the
-        error is raised.
-        """
-        run = self.run
         send, receive = anyio.create_memory_object_stream[list[PartBody]](0)
         errors: list[Exception] = []
-        pending: list[PartBody] = []
 
         async def place_all() -> None:
             try:
@@ -456,50 +439,78 @@ class SeriesJob:
                 errors.append(exc)
                 group.cancel_scope.cancel()
 
+        async def stream() -> None:
+            async with run.client.retrieve(
+                plan.study_uid,
+                plan.series_uid,
+                sop_uid,
+                transfer_syntax=run.settings.transfer_syntax,
+            ) as reader:
+                await self._receive_parts(reader, send)
+
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(place_all)
                 async with send:
-                    pending_bytes = 0
                     try:
-                        async for part in reader:
-                            self._stream_started = True
-                            body = await receive_body(
-                                part,
-                                run.temp.new_path(),
-                                on_bytes=run.recorder.bytes_received,
-                                checksum=run.settings.checksum,
-                            )
-                            pending.append(body)
-                            pending_bytes += body.size if body.in_memory else 0
-                            if (
-                                not body.in_memory
-                                or len(pending) >= BATCH_MAX_PARTS
-                                or pending_bytes >= BATCH_MAX_BYTES
-                            ):
-                                batch, pending, pending_bytes = pending, [], 0
-                                await send.send(batch)
-                            elif (
-                                len(pending) >= IDLE_BATCH_MIN_PARTS
-                                or pending_bytes >= IDLE_BATCH_MIN_BYTES
-                            ):
-                                try:
-                                    send.send_nowait(pending)  # the sink is idle: go now
-                                except anyio.WouldBlock:
-                                    continue
-                                pending, pending_bytes = [], 0
-                    except Exception as exc:  # the sink places what came before
+                        await run.limited(stream)
+                    except Exception as exc:  # the parts that came before are still placed
                         errors.append(exc)
-                    if pending:
-                        batch, pending = pending, []
-                        await send.send(batch)
         finally:
-            for body in pending:
-                body.discard()
             _discard_queued(receive)
             receive.close()
         if errors:
             raise errors[0]
+
+    async def _receive_parts(
+        self, reader: MultipartReader, send: MemoryObjectSendStream[list[PartBody]]
+    ) -> None:
+        """Receive the answer's parts and hand them to the placing task in batches.
+
+        Parts that arrive while placement is busy are gathered into one batch (at most
+        :data:`BATCH_MAX_PARTS` parts or :data:`BATCH_MAX_BYTES` of small parts), so
+        there is one sink call per batch, and at most two batches in memory; an idle
+        sink gets a batch once :data:`IDLE_BATCH_MIN_PARTS` parts or
+        :data:`IDLE_BATCH_MIN_BYTES` are pending (a large part goes at once). If the
+        answer breaks off, what was received is handed over before the error is raised.
+        """
+        run = self.run
+        pending: list[PartBody] = []
+        pending_bytes = 0
+        try:
+            async for part in reader:
+                self._stream_started = True
+                body = await receive_body(
+                    part,
+                    run.temp.new_path(),
+                    on_bytes=run.recorder.bytes_received,
+                    checksum=run.settings.checksum,
+                )
+                pending.append(body)
+                pending_bytes += body.size if body.in_memory else 0
+                if (
+                    not body.in_memory
+                    or len(pending) >= BATCH_MAX_PARTS
+                    or pending_bytes >= BATCH_MAX_BYTES
+                ):
+                    batch, pending, pending_bytes = pending, [], 0
+                    await _hand_over(send, batch)
+                elif len(pending) >= IDLE_BATCH_MIN_PARTS or pending_bytes >= IDLE_BATCH_MIN_BYTES:
+                    try:
+                        send.send_nowait(pending)  # the sink is idle: go now
+                    except anyio.WouldBlock:
+                        continue
+                    pending, pending_bytes = [], 0
+        except Exception:  # what came before the failure is placed too
+            batch, pending = pending, []
+            await _hand_over(send, batch)
+            raise
+        else:
+            batch, pending = pending, []
+            await _hand_over(send, batch)
+        finally:  # cancelled: nothing more is placed
+            for body in pending:
+                body.discard()
 
     async def _place(self, batch: list[PartBody], request: SeriesRequest) -> None:
         """Have one batch placed (:mod:`~kheops_async.engine.placement`); record each part.
@@ -596,6 +607,18 @@ class SeriesJob:
                 self.run.recorder.instance(
                     self._record(sop_uid, str(path), InstanceStatus.PLANNED, None)
                 )
+
+
+async def _hand_over(send: MemoryObjectSendStream[list[PartBody]], batch: list[PartBody]) -> None:
+    """Give a batch to the placing task; if that fails, delete its temporary files."""
+    if not batch:
+        return
+    try:
+        await send.send(batch)
+    except BaseException:
+        for body in batch:
+            body.discard()
+        raise
 
 
 def _discard_queued(receive: MemoryObjectReceiveStream[list[PartBody]]) -> None:
