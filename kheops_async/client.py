@@ -131,8 +131,9 @@ class DicomWebClient:
         self._owns_http = http_client is None
         self._user_agent = user_agent or f"kheops-async/{__version__} httpx/{httpx.__version__}"
         headers = {"User-Agent": self._user_agent}
+        self._transport: KheopsTransport | None = None
         if http_client is None:
-            transport = KheopsTransport(
+            transport = self._transport = KheopsTransport(
                 verify=verify,
                 proxy=proxy,
                 trust_env=trust_env,
@@ -170,6 +171,21 @@ class DicomWebClient:
         """Close the connection pool, unless it was lent by the caller."""
         if self._owns_http:
             await self._http.aclose()
+
+    @asynccontextmanager
+    async def connections_ahead(self, count: int) -> AsyncIterator[None]:
+        """Within the block, open up to ``count`` connections ahead of the requests.
+
+        Saves each new connection's handshake on servers that close every connection
+        after a multipart answer, as Orthanc does (see :mod:`~kheops_async.connect_ahead`).
+        Does nothing when ``count`` is 0, or with a lent ``http_client``: its
+        connections are not ours.
+        """
+        if self._transport is None or count < 1:
+            yield
+            return
+        async with self._transport.connections_ahead(count):
+            yield
 
     # -- plumbing ------------------------------------------------------------------
 

@@ -20,6 +20,10 @@ transport:
 - TLS: the SSL context (verification on unless ``verify=False``, or a CA bundle) is
   made when the first ``https://`` request needs it, never for an ``http://`` server.
 
+- connections opened ahead of need (:meth:`KheopsTransport.connections_ahead`), for
+  servers that close each connection after its answer
+  (:mod:`~kheops_async.connect_ahead`).
+
 Redirects are the client's business (``follow_redirects=False``): the transport sends
 one request and returns its answer.
 """
@@ -33,12 +37,15 @@ import ssl
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
+
+from kheops_async.connect_ahead import ConnectionsAhead
 
 __all__ = [
     "READ_SIZE",
@@ -152,6 +159,8 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         self._read_size = read_size
         self._anyio: httpcore.AsyncNetworkBackend | None = None
         self._trio: httpcore.AsyncNetworkBackend | None = None
+        self.ahead: ConnectionsAhead | None = None
+        """While set, connections come from it first and each one used is replaced."""
 
     def _backend(self) -> httpcore.AsyncNetworkBackend:
         if _running_under_trio():
@@ -170,10 +179,25 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend().connect_tcp(
-            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-        )
+        ahead = self.ahead if local_address is None and socket_options is None else None
+        stream = await ahead.take(host, port) if ahead is not None else None
+        if stream is None:
+            stream = await self._backend().connect_tcp(
+                host,
+                port,
+                timeout=timeout,
+                local_address=local_address,
+                socket_options=socket_options,
+            )
+        if ahead is not None:
+            ahead.replace(host, port, timeout)
         return LargeReadStream(stream, self._read_size)
+
+    async def connect_plain(
+        self, host: str, port: int, timeout: float | None
+    ) -> httpcore.AsyncNetworkStream:
+        """A TCP connection as httpcore's own backend opens it (for :class:`ConnectionsAhead`)."""
+        return await self._backend().connect_tcp(host, port, timeout=timeout)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Any = None
@@ -391,6 +415,34 @@ class KheopsTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(response.stream),
             extensions=response.extensions,
         )
+
+    @asynccontextmanager
+    async def connections_ahead(self, count: int) -> AsyncIterator[ConnectionsAhead]:
+        """Within the block, keep up to ``count`` connections opened ahead of need.
+
+        For servers that close each connection after its answer (see
+        :mod:`~kheops_async.connect_ahead`): each connection a request opens or takes
+        is replaced by one opened in the background. An error of the block is raised
+        as it is, not wrapped in an exception group.
+        """
+        ahead = ConnectionsAhead(self._backend.connect_plain, count)
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(ahead.run, group)
+                self._backend.ahead = ahead
+                try:
+                    yield ahead
+                except Exception as exc:
+                    error = exc
+                finally:
+                    self._backend.ahead = None
+                    group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await ahead.aclose()
+        if error is not None:
+            raise error
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}

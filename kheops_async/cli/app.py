@@ -231,6 +231,7 @@ def _run_download(
             force=options["force"],
             fsync=options["fsync"],
             checksum=options["checksum"],
+            connections_ahead=options["connections_ahead"],
             metadata_only=_metadata_mode(options),
             transfer_syntax=options["transfer_syntax"],
             shard=options["shard"],

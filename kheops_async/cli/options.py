@@ -508,6 +508,14 @@ def download_options(function: F) -> F:
             help="Flush every file to disk before it is renamed into place (slower, safer).",
         ),
         click.option(
+            "--connections-ahead",
+            type=click.IntRange(min=0, max=MAX_CONCURRENCY),
+            default=None,
+            help="Connections kept open ahead of the next requests, for servers that "
+            "close each connection after a download, as Orthanc does: saves a round trip "
+            "per series. [default: half of -j, at most 8; 0: none]",
+        ),
+        click.option(
             "--checksum",
             is_flag=True,
             help="Compute each file's sha256 as it streams and keep it in the journal.",

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from kheops_async.client import DicomWebClient
+from kheops_async.connect_ahead import default_count
 from kheops_async.engine.breaker import OutageBreaker
 from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.engine.deletion import Deleted, DeletionPlan, apply_deletions
@@ -142,7 +143,9 @@ async def download(
             journal=journal,
             deletions=deletions,
         )
-        await _plan_and_complete(run, targets, concurrency)
+        ahead = settings.connections_ahead
+        async with client.connections_ahead(default_count(concurrency) if ahead is None else ahead):
+            await _plan_and_complete(run, targets, concurrency)
         if deletions is not None:
             await _delete_unlisted(run, deletions, report)
         outcome = "complete" if report.ok else "incomplete"

@@ -52,6 +52,9 @@ class DownloadSettings:
       per batch, which costs less CPU: see :mod:`~kheops_async.engine.placement`); for
       a service whose event loop must never wait for the disk.
     - ``checksum``: compute each file's sha256 while it streams, kept in the journal.
+    - ``connections_ahead``: connections kept open ahead of the requests, for servers
+      that close each connection after a retrieve, as Orthanc does (``None``: half the
+      concurrency, at most 8; 0: none; see :mod:`~kheops_async.connect_ahead`).
     - ``dry_run``: plan and list only; nothing written, no bulk data retrieved.
     - ``metadata_only``: save WADO-RS metadata as DICOM JSON instead of instances.
     - ``table``: a CSV file the instance table is streamed to, row by row.
@@ -75,6 +78,7 @@ class DownloadSettings:
     fsync: bool = False
     sink_in_thread: bool = False
     checksum: bool = False
+    connections_ahead: int | None = None
     dry_run: bool = False
     metadata_only: MetadataMode | None = None
     transfer_syntax: str = "*"
@@ -93,6 +97,8 @@ class DownloadSettings:
             object.__setattr__(self, "layout", Layout(self.layout))
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
+        if self.connections_ahead is not None and self.connections_ahead < 0:
+            raise ConfigurationError("connections_ahead must be >= 0")
         if self.metadata_only not in (None, "series", "instance"):
             raise ConfigurationError("metadata_only must be 'series', 'instance' or None")
         if self.outage_threshold < 0:
