@@ -19,9 +19,7 @@ the spare is plain TCP, so the SSL context and the server name stay httpcore's b
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -61,8 +59,9 @@ def default_count(concurrency: int) -> int:
 class ConnectionsAhead:
     """Keeps up to ``count`` connections per origin opened ahead of the next request.
 
-    Run :meth:`run` in a task group for as long as connections should be opened ahead,
-    then :meth:`aclose` the ones still waiting. ``connect`` opens one connection.
+    :meth:`start` it in a task group, cancel the group when connections should no longer
+    be opened ahead, then :meth:`aclose` the ones still waiting. ``connect`` opens one
+    connection.
     """
 
     def __init__(self, connect: Connect, count: int) -> None:
@@ -72,9 +71,7 @@ class ConnectionsAhead:
         self._count = count
         self._ready: dict[Origin, deque[tuple[float, httpcore.AsyncNetworkStream]]] = {}
         self._opening: dict[Origin, int] = {}
-        self._send, self._requests = anyio.create_memory_object_stream[tuple[Origin, float | None]](
-            math.inf
-        )
+        self._group: TaskGroup | None = None
         self.opened = 0
         """Connections opened ahead so far (taken, closed unused or waiting)."""
         self.taken = 0
@@ -100,25 +97,33 @@ class ConnectionsAhead:
     def replace(self, host: str, port: int, timeout: float | None) -> None:
         """Open one more connection to ``host:port`` ahead, unless ``count`` are on their way.
 
-        After :meth:`aclose` (a request that began before the end), nothing happens.
+        Before :meth:`start`, or once its group is cancelled (a request that began before
+        the end), nothing happens.
         """
-        with contextlib.suppress(anyio.ClosedResourceError):
-            self._send.send_nowait(((host, port), timeout))
+        origin = (host, port)
+        waiting = len(self._ready.get(origin, ())) + self._opening.get(origin, 0)
+        if self._group is None or waiting >= self._count:
+            return
+        self._opening[origin] = self._opening.get(origin, 0) + 1
+        self._group.start_soon(self._open, origin, timeout)
 
-    async def run(self, group: TaskGroup) -> None:
-        """Open the connections :meth:`replace` asks for, and close the stale ones.
+    def start(self, group: TaskGroup) -> None:
+        """From now on, open connections in ``group`` and close the stale ones.
 
-        Runs until cancelled; connecting errors are left for the request that would
-        have used the connection to meet (it connects itself).
+        Until ``group`` is cancelled. Connecting errors are left for the request that
+        would have used the connection to meet (it connects itself): nothing started
+        here raises.
         """
-        while True:
-            with anyio.move_on_after(MAX_IDLE / 2):
-                origin, timeout = await self._requests.receive()
-                waiting = len(self._ready.get(origin, ())) + self._opening.get(origin, 0)
-                if waiting < self._count:
-                    self._opening[origin] = self._opening.get(origin, 0) + 1
-                    group.start_soon(self._open, origin, timeout)
-            await self._close_stale()
+        self._group = group
+        group.start_soon(self._close_stale_ones)
+
+    async def _close_stale_ones(self) -> None:
+        try:
+            while True:
+                await anyio.sleep(MAX_IDLE / 2)
+                await self._close_stale()
+        finally:
+            self._group = None  # cancelled: the group is ending
 
     async def _open(self, origin: Origin, timeout: float | None) -> None:
         try:
@@ -133,17 +138,15 @@ class ConnectionsAhead:
 
     async def _close_stale(self) -> None:
         now = time.monotonic()
-        for ready in self._ready.values():
+        for ready in list(self._ready.values()):  # closing awaits: origins may be added
             while ready and now - ready[0][0] > MAX_IDLE:
                 await _close_quietly(ready.popleft()[1])
 
     async def aclose(self) -> None:
         """Close every connection still waiting."""
-        for ready in self._ready.values():
+        for ready in list(self._ready.values()):
             while ready:
                 await _close_quietly(ready.popleft()[1])
-        self._send.close()
-        self._requests.close()
 
 
 async def _close_quietly(stream: httpcore.AsyncNetworkStream) -> None:

@@ -422,18 +422,24 @@ class KheopsTransport(httpx.AsyncBaseTransport):
 
         For servers that close each connection after its answer (see
         :mod:`~kheops_async.connect_ahead`): each connection a request opens or takes
-        is replaced by one opened in the background. An error of the block is raised
-        as it is, not wrapped in an exception group.
+        is replaced in the background. An error of the block is raised as it is, not
+        wrapped in an exception group. A block entered while another is active (two
+        downloads sharing a client) uses that one's connections, for as long as it lasts.
         """
+        if self._backend.ahead is not None:
+            yield self._backend.ahead
+            return
         ahead = ConnectionsAhead(self._backend.connect_plain, count)
-        error: Exception | None = None
+        error: BaseException | None = None
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(ahead.run, group)
+                ahead.start(group)
                 self._backend.ahead = ahead
                 try:
                     yield ahead
-                except Exception as exc:
+                except (anyio.get_cancelled_exc_class(), GeneratorExit):
+                    raise  # the task group's business, or the generator's
+                except BaseException as exc:  # KeyboardInterrupt too: raised below, unwrapped
                     error = exc
                 finally:
                     self._backend.ahead = None

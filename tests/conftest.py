@@ -3,6 +3,7 @@
 Sections (add new fixtures under the section they belong to, or a new section):
 
 * anyio: run every ``@pytest.mark.anyio`` test on both asyncio and trio.
+* TLS: a test certificate authority (``trustme``) for ``https://`` fronts.
 * Orthanc: a real DICOMweb server, our own process, loaded with seeded sample data.
   When Orthanc is not installed these tests are skipped locally and fail on CI
   (``CI=true``), where a missing server must not pass silently. Tests that use an
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from kheops_async.demo import (
     OrthancDataset,
@@ -128,3 +130,12 @@ def orthanc_factory(
     finally:
         for server in servers:
             server.stop()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="session")
+def authority() -> trustme.CA:
+    """A certificate authority for the session's ``https://`` fronts and CA bundles."""
+    return trustme.CA()

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
-__all__ = ["LoopbackProxy", "ProxiedConnection", "TlsFront"]
+import trustme
+
+__all__ = ["LoopbackProxy", "ProxiedConnection", "TlsFront", "https_front"]
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _TIMEOUT = 10.0
@@ -200,3 +202,13 @@ class TlsFront(_Listener):
             return
         upstream = socket.create_connection(("127.0.0.1", self.backend_port), timeout=_TIMEOUT)
         _pump(tls, upstream)
+
+
+def https_front(backend_port: int, authority: trustme.CA) -> TlsFront:
+    """A :class:`TlsFront` for ``backend_port`` whose certificate ``authority`` issued.
+
+    The certificate names ``127.0.0.1`` and ``localhost``; enter it to serve.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return TlsFront(backend_port, context)

@@ -7,6 +7,7 @@ forwarding proxy, on both backends.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ from typing import Any
 import anyio
 import httpcore
 import pytest
+import trustme
 from click.testing import CliRunner
 from clienv import CLEAN_ENV
 from fakeserver import Delay, FakeArchive, FakeDicomWebServer, make_tree_archive
-from proxies import LoopbackProxy
+from proxies import LoopbackProxy, https_front
 from treecheck import assert_tree_holds
 
 import kheops_async.connect_ahead as connect_ahead
@@ -82,7 +84,7 @@ async def _request(stream: httpcore.AsyncNetworkStream) -> bytes:
 async def test_a_connection_opened_ahead_is_taken_and_works(server: FakeDicomWebServer) -> None:
     ahead = _ahead(2)
     async with anyio.create_task_group() as group:
-        group.start_soon(ahead.run, group)
+        ahead.start(group)
         ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 1)
         stream = await ahead.take("127.0.0.1", server.port)
@@ -97,7 +99,7 @@ async def test_a_connection_opened_ahead_is_taken_and_works(server: FakeDicomWeb
 async def test_at_most_count_connections_wait(server: FakeDicomWebServer) -> None:
     ahead = _ahead(2)
     async with anyio.create_task_group() as group:
-        group.start_soon(ahead.run, group)
+        ahead.start(group)
         for _ in range(5):
             ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 2)
@@ -107,11 +109,14 @@ async def test_at_most_count_connections_wait(server: FakeDicomWebServer) -> Non
     await ahead.aclose()
 
 
-async def test_a_connection_the_server_closed_is_not_taken() -> None:
+async def test_a_connection_the_server_closed_is_not_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connect_ahead, "MAX_IDLE", 5.0)  # refused as closed, not as old
     with FakeDicomWebServer(FakeArchive(), keepalive_timeout=0.05) as server:
         ahead = _ahead(1)
         async with anyio.create_task_group() as group:
-            group.start_soon(ahead.run, group)
+            ahead.start(group)
             ahead.replace("127.0.0.1", server.port, 5)
             await _settle(ahead, 1)
             await anyio.sleep(0.3)  # the server gave up waiting for a request
@@ -126,7 +131,7 @@ async def test_a_connection_waits_at_most_max_idle(
     monkeypatch.setattr(connect_ahead, "MAX_IDLE", 0.1)
     ahead = _ahead(1)
     async with anyio.create_task_group() as group:
-        group.start_soon(ahead.run, group)
+        ahead.start(group)
         ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 1)
         await anyio.sleep(0.3)
@@ -136,25 +141,55 @@ async def test_a_connection_waits_at_most_max_idle(
     await ahead.aclose()
 
 
-async def test_a_failed_connection_ahead_is_left_to_the_request(
-    free_tcp_port: int,
-) -> None:
-    ahead = _ahead(2)
+async def test_a_failed_connection_ahead_is_left_to_the_request(free_tcp_port: int) -> None:
+    ahead = _ahead(1)
     async with anyio.create_task_group() as group:
-        group.start_soon(ahead.run, group)
+        ahead.start(group)
         ahead.replace("127.0.0.1", free_tcp_port, 5)  # refused
         await anyio.sleep(0.2)
         assert ahead.opened == 0
         assert await ahead.take("127.0.0.1", free_tcp_port) is None
+        with socket.create_server(("127.0.0.1", free_tcp_port)):  # the server is back
+            ahead.replace("127.0.0.1", free_tcp_port, 5)  # the failure freed its place
+            await _settle(ahead, 1)
+            stream = await ahead.take("127.0.0.1", free_tcp_port)
+            assert stream is not None
+            await stream.aclose()
         group.cancel_scope.cancel()
     await ahead.aclose()
+
+
+async def test_connections_are_kept_per_origin(archive: FakeArchive) -> None:
+    with (
+        FakeDicomWebServer(archive, framing="eof") as first,
+        FakeDicomWebServer(archive, framing="eof") as second,
+    ):
+        ahead = _ahead(1)
+        async with anyio.create_task_group() as group:
+            ahead.start(group)
+            ahead.replace("127.0.0.1", first.port, 5)
+            ahead.replace("127.0.0.1", second.port, 5)
+            await _settle(ahead, 2)
+            for server in (first, second):
+                stream = await ahead.take("127.0.0.1", server.port)
+                assert stream is not None
+                assert (await _request(stream)).startswith(b"HTTP/1.1 200")
+                await stream.aclose()
+                assert len({r.connection for r in server.requests}) == 1
+            group.cancel_scope.cancel()
+        await ahead.aclose()
 
 
 # -- the transport and the engine ----------------------------------------------------------
 
 
+class Interrupted(BaseException):
+    """Not an Exception, as KeyboardInterrupt is not."""
+
+
+@pytest.mark.parametrize("error", [ValueError, Interrupted])
 async def test_the_block_raises_its_own_error_and_closes_what_waits(
-    server: FakeDicomWebServer,
+    server: FakeDicomWebServer, error: type[BaseException]
 ) -> None:
     transport = KheopsTransport()
     opened: list[ConnectionsAhead] = []
@@ -165,11 +200,38 @@ async def test_the_block_raises_its_own_error_and_closes_what_waits(
             ahead.replace("127.0.0.1", server.port, 5)
             ahead.replace("127.0.0.1", server.port, 5)
             await _settle(ahead, 2)
-            raise ValueError("the block's own error")
+            raise error("the block's own error")
 
-    with pytest.raises(ValueError, match="the block's own"):
+    with pytest.raises(error, match="the block's own"):  # itself, not an exception group
         await fail_once_opened()
     assert opened[0].waiting == 0
+    await transport.aclose()
+
+
+async def test_a_block_cancelled_from_outside_ends_and_closes_what_waits(
+    server: FakeDicomWebServer,
+) -> None:
+    transport = KheopsTransport()
+    opened: list[ConnectionsAhead] = []
+    after_the_block: list[bool] = []
+    with anyio.move_on_after(0.5) as scope:
+        async with transport.connections_ahead(1) as ahead:
+            opened.append(ahead)
+            ahead.replace("127.0.0.1", server.port, 5)
+            await anyio.sleep(10)
+        after_the_block.append(True)
+    assert scope.cancelled_caught and not after_the_block
+    assert opened[0].opened == 1 and opened[0].waiting == 0
+    await transport.aclose()
+
+
+async def test_a_block_inside_another_uses_its_connections(server: FakeDicomWebServer) -> None:
+    transport = KheopsTransport()
+    async with transport.connections_ahead(2) as outer:
+        async with transport.connections_ahead(2) as inner:
+            assert inner is outer
+        outer.replace("127.0.0.1", server.port, 5)  # the outer block still opens them
+        await _settle(outer, 1)
     await transport.aclose()
 
 
@@ -259,3 +321,39 @@ async def test_asking_after_the_end_does_nothing() -> None:
 
 def test_half_the_concurrency_at_most_eight_by_default() -> None:
     assert [default_count(j) for j in (1, 2, 3, 8, 16, 64)] == [1, 1, 2, 4, 8, 8]
+
+
+# -- TLS and CONNECT tunnels on connections opened ahead ------------------------------------
+
+
+@pytest.fixture
+def https_base_url(server: FakeDicomWebServer, authority: trustme.CA) -> Iterator[str]:
+    with https_front(server.port, authority) as front:
+        yield f"https://127.0.0.1:{front.port}/api"
+
+
+@pytest.mark.parametrize("tunnel", [False, True])
+async def test_tls_runs_on_connections_opened_ahead(
+    https_base_url: str,
+    authority: trustme.CA,
+    archive: FakeArchive,
+    taken: list[bool],
+    tmp_path: Path,
+    tunnel: bool,
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    with LoopbackProxy() as proxy:
+        async with DicomWebClient(
+            https_base_url,
+            concurrency=2,
+            verify=str(bundle),
+            proxy=proxy.url if tunnel else None,
+        ) as client:
+            report = await download(
+                client, Targets(studies=STUDIES), tmp_path / "out", connections_ahead=2
+            )
+        assert report.ok and report.written == len(archive)
+        assert sum(taken) >= 3
+        assert bool(proxy.connections) is tunnel
+        assert all(c.method == "CONNECT" for c in proxy.connections)

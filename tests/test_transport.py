@@ -18,7 +18,7 @@ import pytest
 import trustme
 from click.testing import CliRunner
 from fakeserver import FakeArchive, FakeDicomWebServer, make_tree_archive
-from proxies import LoopbackProxy, TlsFront
+from proxies import LoopbackProxy, https_front
 
 from kheops_async import AuthenticationError, DicomWebClient, Targets, TransportError, download
 from kheops_async.cli import main
@@ -66,17 +66,10 @@ def proxy() -> Iterator[LoopbackProxy]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def authority() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
 def https_server(server: FakeDicomWebServer, authority: trustme.CA) -> Iterator[str]:
     """The fake server behind TLS: its ``https://127.0.0.1:PORT/api`` base URL."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    with TlsFront(server.port, context) as front:
+    with https_front(server.port, authority) as front:
         yield f"https://127.0.0.1:{front.port}/api"
 
 
