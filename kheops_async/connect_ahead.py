@@ -74,8 +74,6 @@ class ConnectionsAhead:
         self._group: TaskGroup | None = None
         self.opened = 0
         """Connections opened ahead so far (taken, closed unused or waiting)."""
-        self.taken = 0
-        """Connections handed to a request."""
 
     @property
     def waiting(self) -> int:
@@ -89,7 +87,6 @@ class ConnectionsAhead:
         while ready:
             opened_at, stream = ready.popleft()
             if now - opened_at <= MAX_IDLE and not stream.get_extra_info("is_readable"):
-                self.taken += 1
                 return stream
             await _close_quietly(stream)  # too old, or closed by the server
         return None

@@ -8,7 +8,8 @@ forwarding proxy, on both backends.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,15 @@ def _ahead(count: int) -> ConnectionsAhead:
     return ConnectionsAhead(LargeReadBackend().connect_plain, count)
 
 
+@asynccontextmanager
+async def _running_ahead(count: int) -> AsyncIterator[ConnectionsAhead]:
+    """Connections opened ahead as a download's transport runs them."""
+    transport = KheopsTransport()
+    async with transport.connections_ahead(count) as ahead:
+        yield ahead
+    await transport.aclose()
+
+
 async def _settle(ahead: ConnectionsAhead, opened: int) -> None:
     """Wait (bounded) until ``opened`` connections were opened ahead."""
     with anyio.fail_after(5):
@@ -82,9 +92,7 @@ async def _request(stream: httpcore.AsyncNetworkStream) -> bytes:
 
 
 async def test_a_connection_opened_ahead_is_taken_and_works(server: FakeDicomWebServer) -> None:
-    ahead = _ahead(2)
-    async with anyio.create_task_group() as group:
-        ahead.start(group)
+    async with _running_ahead(2) as ahead:
         ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 1)
         stream = await ahead.take("127.0.0.1", server.port)
@@ -92,21 +100,15 @@ async def test_a_connection_opened_ahead_is_taken_and_works(server: FakeDicomWeb
         assert (await _request(stream)).startswith(b"HTTP/1.1 200")
         await stream.aclose()
         assert await ahead.take("127.0.0.1", server.port) is None  # only one was asked for
-        group.cancel_scope.cancel()
-    await ahead.aclose()
 
 
 async def test_at_most_count_connections_wait(server: FakeDicomWebServer) -> None:
-    ahead = _ahead(2)
-    async with anyio.create_task_group() as group:
-        ahead.start(group)
+    async with _running_ahead(2) as ahead:
         for _ in range(5):
             ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 2)
         await anyio.sleep(0.1)
         assert ahead.opened == 2
-        group.cancel_scope.cancel()
-    await ahead.aclose()
 
 
 async def test_a_connection_the_server_closed_is_not_taken(
@@ -114,37 +116,27 @@ async def test_a_connection_the_server_closed_is_not_taken(
 ) -> None:
     monkeypatch.setattr(connect_ahead, "MAX_IDLE", 5.0)  # refused as closed, not as old
     with FakeDicomWebServer(FakeArchive(), keepalive_timeout=0.05) as server:
-        ahead = _ahead(1)
-        async with anyio.create_task_group() as group:
-            ahead.start(group)
+        async with _running_ahead(1) as ahead:
             ahead.replace("127.0.0.1", server.port, 5)
             await _settle(ahead, 1)
             await anyio.sleep(0.3)  # the server gave up waiting for a request
             assert await ahead.take("127.0.0.1", server.port) is None
-            group.cancel_scope.cancel()
-        await ahead.aclose()
 
 
 async def test_a_connection_waits_at_most_max_idle(
     server: FakeDicomWebServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(connect_ahead, "MAX_IDLE", 0.1)
-    ahead = _ahead(1)
-    async with anyio.create_task_group() as group:
-        ahead.start(group)
+    async with _running_ahead(1) as ahead:
         ahead.replace("127.0.0.1", server.port, 5)
         await _settle(ahead, 1)
         await anyio.sleep(0.3)
         assert ahead.waiting == 0  # closed by the sweep, not only refused when taken
         assert await ahead.take("127.0.0.1", server.port) is None
-        group.cancel_scope.cancel()
-    await ahead.aclose()
 
 
 async def test_a_failed_connection_ahead_is_left_to_the_request(free_tcp_port: int) -> None:
-    ahead = _ahead(1)
-    async with anyio.create_task_group() as group:
-        ahead.start(group)
+    async with _running_ahead(1) as ahead:
         ahead.replace("127.0.0.1", free_tcp_port, 5)  # refused
         await anyio.sleep(0.2)
         assert ahead.opened == 0
@@ -155,8 +147,6 @@ async def test_a_failed_connection_ahead_is_left_to_the_request(free_tcp_port: i
             stream = await ahead.take("127.0.0.1", free_tcp_port)
             assert stream is not None
             await stream.aclose()
-        group.cancel_scope.cancel()
-    await ahead.aclose()
 
 
 async def test_connections_are_kept_per_origin(archive: FakeArchive) -> None:
@@ -164,9 +154,7 @@ async def test_connections_are_kept_per_origin(archive: FakeArchive) -> None:
         FakeDicomWebServer(archive, framing="eof") as first,
         FakeDicomWebServer(archive, framing="eof") as second,
     ):
-        ahead = _ahead(1)
-        async with anyio.create_task_group() as group:
-            ahead.start(group)
+        async with _running_ahead(1) as ahead:
             ahead.replace("127.0.0.1", first.port, 5)
             ahead.replace("127.0.0.1", second.port, 5)
             await _settle(ahead, 2)
@@ -176,8 +164,6 @@ async def test_connections_are_kept_per_origin(archive: FakeArchive) -> None:
                 assert (await _request(stream)).startswith(b"HTTP/1.1 200")
                 await stream.aclose()
                 assert len({r.connection for r in server.requests}) == 1
-            group.cancel_scope.cancel()
-        await ahead.aclose()
 
 
 # -- the transport and the engine ----------------------------------------------------------
