@@ -7,6 +7,9 @@ httpx's default transport reaches about 300 MB/s, the same pool reading up to 1 
 per call about 590 MB/s under asyncio and 900 MB/s under trio
 (``benchmarks/RESULTS.md``).
 
+Under asyncio the connections are :mod:`~kheops_async.asyncio_stream`'s, on asyncio's
+own transports: anyio's stream in between cost about a tenth of a download's CPU.
+
 Nothing global is changed: :class:`LargeReadBackend` is an httpcore
 ``AsyncNetworkBackend`` given to pools built here, and :class:`KheopsTransport`
 wraps those pools as an ``httpx.AsyncBaseTransport``, so other users of httpx in the
@@ -45,6 +48,7 @@ import anyio
 import httpcore
 import httpx
 
+from kheops_async.asyncio_stream import AsyncioBackend
 from kheops_async.connect_ahead import ConnectionsAhead
 
 __all__ = [
@@ -149,15 +153,16 @@ def _running_under_trio() -> bool:
 
 
 class LargeReadBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's trio or anyio backend, chosen per call, with :class:`LargeReadStream`.
+    """httpcore's trio backend or our asyncio one, chosen per call, with :class:`LargeReadStream`.
 
     trio's backend reads the socket directly (``recv`` of ``read_size``); under asyncio,
-    anyio's stream hands over what the event loop has received.
+    :class:`~kheops_async.asyncio_stream.AsyncioStream` hands over what the event loop
+    has received (without anyio's stream in between: see that module for why).
     """
 
     def __init__(self, read_size: int = READ_SIZE) -> None:
         self._read_size = read_size
-        self._anyio: httpcore.AsyncNetworkBackend | None = None
+        self._asyncio: httpcore.AsyncNetworkBackend | None = None
         self._trio: httpcore.AsyncNetworkBackend | None = None
         self.ahead: ConnectionsAhead | None = None
         """While set, connections come from it first and each one used is replaced."""
@@ -167,9 +172,9 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
             if self._trio is None:
                 self._trio = httpcore.TrioBackend()
             return self._trio
-        if self._anyio is None:
-            self._anyio = httpcore.AnyIOBackend()
-        return self._anyio
+        if self._asyncio is None:
+            self._asyncio = AsyncioBackend()
+        return self._asyncio
 
     async def connect_tcp(
         self,
