@@ -11,9 +11,9 @@ First, cheap and always: the start-up of the installed ``kheops-async`` script
 
 Then, for each data group, it starts an Orthanc (``kheops_async.demo``) in a temporary
 directory, generates and uploads the data (``datasets.py``), and runs each tool as a
-separate subprocess, ``--runs`` times, interleaved (curl, curl xargs -P N,
-dicomweb-client, the kheops-async command, the library under asyncio and under trio, then
-again). The output directory is emptied before every run; nothing else is dropped, and an
+separate subprocess, ``--runs`` times, interleaved (curl, curl xargs -P N, the plain
+Python loop of ``plain_loop.py``, dicomweb-client, the kheops-async command, the library
+under asyncio and under trio, then again). The output directory is emptied before every run; nothing else is dropped, and an
 untimed curl pass first warms the page cache for all tools alike. S3 and A40 go through
 ``latency_proxy.py`` (20 ms each way). S2 and S3 also sweep the command's ``-j`` (and curl
 ``xargs -P`` at the same values). T (50,000 tiny instances) measures CPU per instance and
@@ -66,6 +66,7 @@ from benchmarks.tools import (  # noqa: E402
     kheops_async,
     kheops_async_command,
     library_runner,
+    plain_python_loop,
     run_measured,
     time_console_script,
 )
@@ -359,6 +360,7 @@ def tools_for(case: Case, concurrency: int) -> list[Tool]:
     tools = [curl_sequential()]
     if len(case.series) > 1:
         tools.append(curl_parallel(concurrency))
+    tools.append(plain_python_loop(concurrency))
     if not case.per_instance_cpu:  # T: dicomweb-client would take minutes per run
         tools.append(dicomweb_client())
     tools.append(kheops_async(concurrency))
@@ -520,13 +522,34 @@ def _ratios_table(cases: dict[str, Any]) -> list[str]:
         if ka is None:
             continue
         cells = []
-        for other_name in ("curl", "curl xargs", "dicomweb-client"):
+        for other_name in ("curl", "curl xargs", "dicomweb-client", "python loop"):
             other = tool_summary(case, other_name)
             cells.append(f"{ka['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return _table(
         "Ratios (the kheops-async command's throughput / other tool's, same run)",
-        "case | vs curl: | vs curl xargs -P N: | vs dicomweb-client:",
+        "case | vs curl: | vs curl xargs -P N: | vs dicomweb-client: | vs python loop -P N:",
+        rows,
+    )
+
+
+def _floor_table(cases: dict[str, Any]) -> list[str]:
+    """Where plain Python stands against curl: the floor under every target of a case."""
+    rows = []
+    for name, case in cases.items():
+        plain = tool_summary(case, "python loop")
+        if plain is None:
+            continue
+        cells = []
+        for other_name in ("curl", "curl xargs"):
+            other = tool_summary(case, other_name)
+            cells.append(f"{plain['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
+        rows.append(
+            f"| {name} | {plain['wall_s']:.2f} | {plain['cpu_s']:.2f} | " + " | ".join(cells) + " |"
+        )
+    return _table(
+        "The plain Python loop (plain_loop.py: the same requests and file calls, nothing else)",
+        "case | wall s: | CPU s: | its throughput / curl's: | / curl xargs -P N's:",
         rows,
     )
 
@@ -613,6 +636,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_results_table(cases),
         *_case_list(report),
         *_ratios_table(cases),
+        *_floor_table(cases),
         *_targets_table(report["targets"]),
         *_startup_table(report.get("startup")),
         *_sweep_table(cases),

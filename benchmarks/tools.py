@@ -12,6 +12,11 @@ Tools:
 * ``curl`` (sequential): one ``curl`` process, one request per series, each body to a
   file, nothing parsed. The wire limit.
 * ``curl xargs -P N``: the same requests, ``N`` ``curl`` processes at a time.
+* ``python loop -P N``: ``benchmarks/plain_loop.py``, the same requests, ``N`` at a time
+  in one Python thread (non-blocking sockets, ``selectors``), each answer split into its
+  parts and each part written to its own file (temporary file, then rename), as
+  kheops-async's sink does: what plain Python reaches with the system calls of a
+  downloader that writes one file per instance, and nothing else.
 * ``dicomweb-client``: ``benchmarks/dwc_runner.py`` (``iter_series`` + ``ds.save_as``).
 * ``kheops-async -j N``: the ``kheops-async download studies`` command, or, while that
   command does not exist yet, ``benchmarks/ka_library_runner.py`` (the library's
@@ -51,6 +56,7 @@ __all__ = [
     "kheops_async",
     "kheops_async_command",
     "library_runner",
+    "plain_python_loop",
     "run_measured",
     "time_console_script",
 ]
@@ -94,7 +100,7 @@ class Tool:
     """A way of downloading a case into a directory, and how to check what it wrote."""
 
     name: str
-    kind: str  # "curl-seq", "curl-par", "dwc", "ka" (the command), "ka-lib" (the library)
+    kind: str  # "curl-seq", "curl-par", "plain", "dwc", "ka" (the command), "ka-lib" (library)
     concurrency: int = 1
     command_label: str = ""
     notes: list[str] = field(default_factory=list)
@@ -140,6 +146,16 @@ class Tool:
                 ACCEPT,
                 "-o",
             ]
+        if self.kind == "plain":
+            listing = workdir / f"plain-{case.name}.txt"
+            listing.write_text(
+                "".join(
+                    f"{out_dir / s.series_uid} {_series_url(url, s.study_uid, s.series_uid)}\n"
+                    for s in case.series
+                )
+            )
+            loop = str(BENCH_DIR / "plain_loop.py")
+            return [sys.executable, loop, str(listing), "-P", str(self.concurrency)]
         if self.kind == "dwc":
             runner = BENCH_DIR / "dwc_runner.py"
             studies = ["--all"] if case.whole_archive else case.studies
@@ -171,7 +187,7 @@ class Tool:
             return files, total, True, ""
         if files != case.instances:
             return files, total, False, f"{files} files, expected {case.instances}"
-        if self.kind.startswith("ka") and total != case.payload_bytes:
+        if self.kind.startswith(("ka", "plain")) and total != case.payload_bytes:
             return files, total, False, f"{total} bytes, expected {case.payload_bytes}"
         return files, total, True, ""
 
@@ -223,6 +239,15 @@ def curl_parallel(concurrency: int) -> Tool:
         "curl-par",
         concurrency,
         f"xargs -P {concurrency} -n 2 curl -o FILE URL",
+    )
+
+
+def plain_python_loop(concurrency: int) -> Tool:
+    return Tool(
+        f"python loop -P {concurrency}",
+        "plain",
+        concurrency,
+        f"plain_loop.py -P {concurrency}: selectors, one file per instance",
     )
 
 
