@@ -34,6 +34,7 @@ import asyncio
 import collections
 import ipaddress
 import os
+import select
 import socket
 import ssl
 from collections.abc import Iterable
@@ -111,9 +112,10 @@ class _ReceivingProtocol(asyncio.Protocol):
             self.chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
         self.buffered -= len(chunk)
-        if self.reading_paused and self.buffered < BUFFER_LIMIT and self.transport:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        if self.reading_paused and self.buffered < BUFFER_LIMIT and not self.eof:
+            self.reading_paused = False  # (after the end there is nothing left to read:
+            if self.transport:  # Python 3.10's TLS transport fails if asked to resume)
+                self.transport.resume_reading()
         return chunk
 
 
@@ -154,6 +156,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def __init__(self, transport: asyncio.Transport, protocol: _ReceivingProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._closed = False
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """The next bytes received (at most ``max_bytes``), ``b""`` once the peer closed.
@@ -162,6 +165,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         ``httpcore.ReadError`` when the connection broke (the OS error is the cause).
         """
         protocol = self._protocol
+        if self._closed:
+            raise httpcore.ReadError("the connection is closed")
         if not protocol.chunks and not protocol.eof:
             try:
                 await protocol.readable.wait(timeout)
@@ -182,10 +187,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         protocol = self._protocol
-        if self._transport.is_closing():
+        if self._closed or protocol.lost or self._transport.is_closing():
             raise httpcore.WriteError("the connection is closed") from protocol.error
         self._transport.write(buffer)
-        while protocol.writing_paused and not self._transport.is_closing():
+        while protocol.writing_paused and not protocol.lost and not self._transport.is_closing():
             try:
                 await protocol.writable.wait(timeout)
             except TimeoutError:
@@ -199,8 +204,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         asyncio closes a transport's socket in a callback of the next loop iteration,
         and a loop that ends first (``asyncio.run`` returning) never runs it: the
         socket would then be left to the garbage collector. So one iteration is let
-        run, then the transport is aborted (as anyio's stream does).
+        run, then the transport is aborted (as anyio's stream does), and under TLS, whose
+        layer closes the socket one iteration later still, one more.
         """
+        self._closed = True
         transport = self._transport
         transport.close()
         if self._protocol.lost:
@@ -209,6 +216,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             await asyncio.sleep(0)
         finally:
             transport.abort()
+        if not self._protocol.lost:
+            await asyncio.sleep(0)
 
     async def start_tls(
         self,
@@ -217,15 +226,18 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         """This connection wrapped in TLS; raises ``httpcore.ConnectError`` / ``ConnectTimeout``."""
+        protocol = self._protocol
+        if protocol.eof or self._transport.is_closing():
+            self._transport.abort()
+            raise httpcore.ConnectError("the server closed the connection before TLS")
+        if protocol.chunks:  # plain bytes must never come out of the TLS stream
+            self._transport.abort()
+            raise httpcore.ConnectError("the server sent data before the TLS handshake")
         loop = asyncio.get_running_loop()
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(timeout):  # (asyncio's own handshake timeout refuses 0)
                 transport = await loop.start_tls(
-                    self._transport,
-                    self._protocol,
-                    ssl_context,
-                    server_hostname=server_hostname,
-                    ssl_handshake_timeout=timeout,
+                    self._transport, protocol, ssl_context, server_hostname=server_hostname
                 )
         except TimeoutError:
             self._transport.abort()
@@ -233,6 +245,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         except (OSError, ssl.SSLError) as exc:
             self._transport.abort()
             raise httpcore.ConnectError(str(exc)) from exc
+        except BaseException:  # cancelled: no half-made TLS connection is left open
+            self._transport.abort()
+            raise
         assert isinstance(transport, asyncio.Transport)
         self._protocol.transport = transport  # flow control now goes through the TLS layer
         return AsyncioStream(transport, self._protocol)
@@ -240,11 +255,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         """``ssl_object``, ``client_addr``, ``server_addr``, ``socket``, or ``is_readable``.
 
-        ``is_readable`` is true once the connection has data or an end waiting: an idle
-        connection the server closed (httpcore then drops it from its pool).
+        ``is_readable`` is true once the connection has data or an end waiting, received
+        or still in the socket (polled, as httpcore's own backends do): an idle
+        connection the server closed, which httpcore then drops from its pool.
         """
         if info == "is_readable":
-            return bool(self._protocol.chunks) or self._protocol.eof
+            protocol = self._protocol
+            return bool(protocol.chunks) or protocol.eof or _socket_readable(self._transport)
         names = {"client_addr": "sockname", "server_addr": "peername"}
         if info in ("ssl_object", "socket", "client_addr", "server_addr"):
             return self._transport.get_extra_info(names.get(info, info))
@@ -307,12 +324,20 @@ async def _connected_socket(host: str, port: int, local_address: str | None) -> 
     Raises the ``OSError`` of the only address tried, or one naming every failure.
     """
     targets = await _addresses(host, port)
+    if local_address:  # only the addresses it can reach
+        local_family = _family(ipaddress.ip_address(local_address))
+        targets = [target for target in targets if target[0] == local_family] or targets
     winner: socket.socket | None = None
     failures: list[OSError] = []
 
     async def attempt(family: int, address: tuple[Any, ...], failed: anyio.Event) -> None:
         nonlocal winner
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of file descriptors, say
+            failures.append(_named(exc, address))
+            failed.set()
+            return
         try:
             sock.setblocking(False)
             if local_address:
@@ -358,7 +383,8 @@ def _named(error: OSError, address: tuple[Any, ...]) -> OSError:
     if not error.errno:
         return error
     host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    named = type(error)(error.errno, f"{os.strerror(error.errno)}: {host}:{address[1]}")
+    reason = os.strerror(error.errno) if error.errno > 0 else error.strerror or str(error)
+    named = type(error)(error.errno, f"{reason}: {host}:{address[1]}")
     named.__cause__ = error
     return named
 
@@ -370,8 +396,7 @@ async def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
     except ValueError:
         pass
     else:
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-        return [(family, (str(literal), port))]
+        return [(_family(literal), (str(literal), port))]
     found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     by_family: dict[int, list[tuple[int, tuple[Any, ...]]]] = {}
     for family, _, _, _, address in found:
@@ -383,3 +408,17 @@ async def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
             if queue:
                 ordered.append(queue.pop(0))
     return ordered
+
+
+def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _socket_readable(transport: asyncio.Transport) -> bool:
+    """Whether the connection's socket has bytes or an end the loop has not yet handed over."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

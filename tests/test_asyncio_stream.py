@@ -6,6 +6,7 @@ drives :class:`AsyncioBackend` under asyncio, the only loop it serves.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import os
@@ -297,7 +298,9 @@ async def test_tls_through_start_tls(authority: trustme.CA) -> None:
         assert tls_stream.get_extra_info("ssl_object") is not None
         await tls_stream.write(b"hello over tls", timeout=5)
         assert await tls_stream.read(100, timeout=5) == b"HELLO OVER TLS"
+        sock = tls_stream.get_extra_info("socket")
         await tls_stream.aclose()
+        assert sock.fileno() == -1
 
 
 async def test_a_certificate_that_does_not_verify_is_a_connect_error(
@@ -334,3 +337,102 @@ async def test_the_transport_uses_it_under_asyncio_only(anyio_backend: str) -> N
                 stream = response.extensions["network_stream"]
                 inner = stream._inner
                 assert isinstance(inner, AsyncioStream) == (anyio_backend == "asyncio")
+
+
+# ---------------------------------------------------------------- found by a review (ea25d23)
+
+
+async def test_running_out_of_file_descriptors_is_a_connect_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_more_sockets(*args: Any) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(asyncio_stream.socket, "socket", no_more_sockets)
+    with pytest.raises(httpcore.ConnectError, match=r"Too many open files: 127\.0\.0\.1:9"):
+        await AsyncioBackend().connect_tcp("127.0.0.1", 9, timeout=5)
+
+
+async def test_a_tls_handshake_with_no_time_left_is_a_connect_timeout() -> None:
+    with serving(lambda conn: time.sleep(0.5)) as port:
+        stream = await connect(port)
+        sock = stream.get_extra_info("socket")
+        with pytest.raises(httpcore.ConnectTimeout):
+            await stream.start_tls(ssl.create_default_context(), "localhost", timeout=0)
+        await stream.aclose()
+        assert sock.fileno() == -1
+
+
+async def test_tls_on_a_connection_the_server_closed_fails_at_once() -> None:
+    with serving(lambda conn: conn.close()) as port:
+        stream = await connect(port)
+        with anyio.fail_after(5):
+            while not stream.get_extra_info("is_readable"):
+                await anyio.sleep(0.02)
+        started = time.monotonic()
+        with pytest.raises(httpcore.ConnectError, match="closed the connection before TLS"):
+            await stream.start_tls(ssl.create_default_context(), "localhost", timeout=5)
+        assert time.monotonic() - started < 1
+
+
+async def test_plain_bytes_received_before_tls_never_come_out_of_the_tls_stream() -> None:
+    with serving(
+        lambda conn: (conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nforged"), time.sleep(1))
+    ) as port:
+        stream = await connect(port)
+        with anyio.fail_after(5):
+            while not stream.get_extra_info("is_readable"):
+                await anyio.sleep(0.02)
+        with pytest.raises(httpcore.ConnectError, match="data before the TLS handshake"):
+            await stream.start_tls(ssl.create_default_context(), "localhost", timeout=5)
+
+
+async def test_a_pooled_connection_closed_while_the_loop_was_busy_is_not_reused() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def answer_then_close(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(answer)
+        time.sleep(0.1)
+        conn.close()  # the server ends the idle keep-alive connection
+
+    def just_answer(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(answer)
+
+    handlers = iter([answer_then_close, just_answer])
+    with serving(lambda conn: next(handlers)(conn), accept=2) as port:
+        async with httpcore.AsyncConnectionPool(network_backend=AsyncioBackend()) as pool:
+            url = f"http://127.0.0.1:{port}/"
+            assert (await pool.request("GET", url)).content == b"ok"
+            time.sleep(0.3)  # busy in Python: the server's end arrives, the loop does not run
+            second = await pool.request("GET", url, extensions={"timeout": {"read": 5}})
+            assert second.content == b"ok"
+
+
+async def test_reading_or_writing_after_close_is_an_error() -> None:
+    with serving(lambda conn: time.sleep(0.3)) as port:
+        stream = await connect(port)
+        await stream.aclose()
+        with pytest.raises(httpcore.ReadError):
+            await stream.read(10)
+        with pytest.raises(httpcore.WriteError):
+            await stream.write(b"x")
+
+
+async def test_a_local_address_only_tries_the_addresses_of_its_family(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with serving(lambda conn: conn.sendall(b"v4")) as port:
+
+        async def addresses(host: str, port_: int) -> list[tuple[int, tuple[Any, ...]]]:
+            return [(socket.AF_INET6, ("::1", port)), (socket.AF_INET, ("127.0.0.1", port))]
+
+        monkeypatch.setattr(asyncio_stream, "_addresses", addresses)
+        started = time.monotonic()
+        stream = await AsyncioBackend().connect_tcp(
+            "archive.example", port, timeout=5, local_address="127.0.0.1"
+        )
+        assert time.monotonic() - started < asyncio_stream.HAPPY_EYEBALLS_DELAY
+        assert await stream.read(16, timeout=5) == b"v4"
+        await stream.aclose()

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from kheops_async.auth import Redactor
 
@@ -70,7 +70,13 @@ class LiveDisplay(Protocol):
         """Print ``line`` above the display, which stays below it."""
 
 
-class CliLogHandler(logging.StreamHandler[TextIO]):
+if TYPE_CHECKING:
+    _TextStreamHandler = logging.StreamHandler[TextIO]
+else:  # not subscriptable at run time before Python 3.11
+    _TextStreamHandler = logging.StreamHandler
+
+
+class CliLogHandler(_TextStreamHandler):
     """Writes records to stderr, or above the live progress display while one is shown."""
 
     def __init__(self, stream: TextIO) -> None:
