@@ -13,8 +13,9 @@ Then, for each data group, it starts an Orthanc (``kheops_async.demo``) in a tem
 directory, generates and uploads the data (``datasets.py``), and runs each tool as a
 separate subprocess, ``--runs`` times, interleaved (curl, curl xargs -P N, the plain
 Python loop of ``plain_loop.py``, dicomweb-client, the kheops-async command, the library
-under asyncio and under trio, then again). The output directory is emptied before every run; nothing else is dropped, and an
-untimed curl pass first warms the page cache for all tools alike. S3 and A40 go through
+under asyncio and under trio, then again). The output directory is emptied before every
+run; nothing else is dropped, and an untimed curl pass first warms the page cache for all
+tools alike. S3 and A40 go through
 ``latency_proxy.py`` (20 ms each way). S2 and S3 also sweep the command's ``-j`` (and curl
 ``xargs -P`` at the same values). T (50,000 tiny instances) measures CPU per instance and
 skips dicomweb-client (minutes a run). ``targets.py`` checks the results against the
