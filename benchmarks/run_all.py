@@ -522,16 +522,22 @@ def _ratios_table(cases: dict[str, Any]) -> list[str]:
         ka = tool_summary(case, "kheops-async")
         if ka is None:
             continue
-        cells = []
-        for other_name in ("curl", "curl xargs", "dicomweb-client", "python loop"):
-            other = tool_summary(case, other_name)
-            cells.append(f"{ka['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
+        cells = _ratio_cells(case, ka, ("curl", "curl xargs", "dicomweb-client", "python loop"))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return _table(
         "Ratios (the kheops-async command's throughput / other tool's, same run)",
         "case | vs curl: | vs curl xargs -P N: | vs dicomweb-client: | vs python loop -P N:",
         rows,
     )
+
+
+def _ratio_cells(case: dict[str, Any], tool: dict[str, Any], others: tuple[str, ...]) -> list[str]:
+    """``tool``'s throughput over each of ``others``' in ``case`` ("-" for one not run)."""
+    cells = []
+    for other_name in others:
+        other = tool_summary(case, other_name)
+        cells.append(f"{tool['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
+    return cells
 
 
 def _floor_table(cases: dict[str, Any]) -> list[str]:
@@ -541,10 +547,7 @@ def _floor_table(cases: dict[str, Any]) -> list[str]:
         plain = tool_summary(case, "python loop")
         if plain is None:
             continue
-        cells = []
-        for other_name in ("curl", "curl xargs"):
-            other = tool_summary(case, other_name)
-            cells.append(f"{plain['mb_per_s'] / other['mb_per_s']:.2f}" if other else "-")
+        cells = _ratio_cells(case, plain, ("curl", "curl xargs"))
         rows.append(
             f"| {name} | {plain['wall_s']:.2f} | {plain['cpu_s']:.2f} | " + " | ".join(cells) + " |"
         )

@@ -123,14 +123,7 @@ class Tool:
             config.write_text("\n".join(lines) + "\n")
             return ["curl", "-sS", "--fail", "-H", ACCEPT, "-K", str(config)]
         if self.kind == "curl-par":
-            listing = workdir / f"xargs-{case.name}.txt"
-            listing.write_text(
-                "".join(
-                    f"{out_dir / s.series_uid}.multipart "
-                    f"{_series_url(url, s.study_uid, s.series_uid)}\n"
-                    for s in case.series
-                )
-            )
+            listing = _listing(workdir / f"xargs-{case.name}.txt", case, url, out_dir, ".multipart")
             return [
                 "xargs",
                 "-a",
@@ -147,13 +140,7 @@ class Tool:
                 "-o",
             ]
         if self.kind == "plain":
-            listing = workdir / f"plain-{case.name}.txt"
-            listing.write_text(
-                "".join(
-                    f"{out_dir / s.series_uid} {_series_url(url, s.study_uid, s.series_uid)}\n"
-                    for s in case.series
-                )
-            )
+            listing = _listing(workdir / f"plain-{case.name}.txt", case, url, out_dir, "")
             loop = str(BENCH_DIR / "plain_loop.py")
             return [sys.executable, loop, str(listing), "-P", str(self.concurrency)]
         if self.kind == "dwc":
@@ -202,6 +189,17 @@ def _kheops_async_argv(
     if command[0].endswith("kheops-async"):
         return argv + [arg for uid in case.studies for arg in ("-x", uid)]
     return argv + case.studies
+
+
+def _listing(path: Path, case: Case, url: str, out_dir: Path, suffix: str) -> Path:
+    """``path``, written with a line ``OUT URL`` per series of ``case`` (OUT: its output)."""
+    path.write_text(
+        "".join(
+            f"{out_dir / s.series_uid}{suffix} {_series_url(url, s.study_uid, s.series_uid)}\n"
+            for s in case.series
+        )
+    )
+    return path
 
 
 def _series_url(base: str, study_uid: str, series_uid: str) -> str:

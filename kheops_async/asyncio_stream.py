@@ -56,6 +56,15 @@ SocketOption = (
 """One ``setsockopt`` call's arguments, as httpcore passes them."""
 
 
+_TRANSPORT_INFO = {
+    "ssl_object": "ssl_object",
+    "socket": "socket",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+}
+"""httpcore's names for a connection's details, and asyncio's."""
+
+
 class _ReceivingProtocol(asyncio.Protocol):
     """Queues what the loop receives and wakes the one reader waiting for it."""
 
@@ -239,14 +248,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 transport = await loop.start_tls(
                     self._transport, protocol, ssl_context, server_hostname=server_hostname
                 )
-        except TimeoutError:
+        except BaseException as exc:  # cancelled too: no half-made TLS connection is left
             self._transport.abort()
-            raise httpcore.ConnectTimeout(f"TLS handshake not done in {timeout} s") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._transport.abort()
-            raise httpcore.ConnectError(str(exc)) from exc
-        except BaseException:  # cancelled: no half-made TLS connection is left open
-            self._transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise httpcore.ConnectTimeout(f"TLS handshake not done in {timeout} s") from None
+            if isinstance(exc, OSError):  # ssl.SSLError is one
+                raise httpcore.ConnectError(str(exc)) from exc
             raise
         assert isinstance(transport, asyncio.Transport)
         self._protocol.transport = transport  # flow control now goes through the TLS layer
@@ -262,14 +269,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "is_readable":
             protocol = self._protocol
             return bool(protocol.chunks) or protocol.eof or _socket_readable(self._transport)
-        names = {"client_addr": "sockname", "server_addr": "peername"}
-        if info in ("ssl_object", "socket", "client_addr", "server_addr"):
-            return self._transport.get_extra_info(names.get(info, info))
-        return None
+        name = _TRANSPORT_INFO.get(info)
+        return self._transport.get_extra_info(name) if name is not None else None
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Opens :class:`AsyncioStream` connections (asyncio only: the caller chooses)."""
+    """Opens :class:`AsyncioStream` TCP connections (asyncio only: the caller chooses).
+
+    No Unix sockets: the transport never asks for one (httpcore's base class refuses).
+    """
 
     async def connect_tcp(
         self,
@@ -296,20 +304,6 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         except TimeoutError:
             message = f"no connection to {host}:{port} in {timeout} s"
             raise httpcore.ConnectTimeout(message) from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        return AsyncioStream(transport, protocol)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - no Unix-socket URLs here
-        """A connection to a Unix socket; errors as :meth:`connect_tcp`."""
-        loop = asyncio.get_running_loop()
-        try:
-            with anyio.fail_after(timeout):
-                transport, protocol = await loop.create_unix_connection(_ReceivingProtocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection to {path} in {timeout} s") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         return AsyncioStream(transport, protocol)
