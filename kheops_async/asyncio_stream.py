@@ -236,10 +236,11 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     ) -> httpcore.AsyncNetworkStream:
         """This connection wrapped in TLS; raises ``httpcore.ConnectError`` / ``ConnectTimeout``."""
         protocol = self._protocol
-        if protocol.eof or self._transport.is_closing():
+        pending = _peek_socket(self._transport)  # what the loop may not have read yet
+        if protocol.eof or self._transport.is_closing() or pending == b"":
             self._transport.abort()
             raise httpcore.ConnectError("the server closed the connection before TLS")
-        if protocol.chunks:  # plain bytes must never come out of the TLS stream
+        if protocol.chunks or pending:  # plain bytes must never come out of the TLS stream
             self._transport.abort()
             raise httpcore.ConnectError("the server sent data before the TLS handshake")
         loop = asyncio.get_running_loop()
@@ -406,6 +407,24 @@ async def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
 
 def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _peek_socket(transport: asyncio.Transport) -> bytes | None:
+    """The socket's next unread byte, ``b""`` at its end, ``None`` if nothing is waiting.
+
+    Looks without taking (``MSG_PEEK``), on a duplicate of the descriptor: asyncio's
+    socket wrapper deprecates ``recv``. A reset counts as the end.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return b""
+    with socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno())) as twin:
+        try:
+            return twin.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
 
 
 def _socket_readable(transport: asyncio.Transport) -> bool:
