@@ -33,8 +33,9 @@ import httpcore
 
 __all__ = ["DirectConnectionPool", "Http11Connection"]
 
-READ_BYTES = 1 << 20
-"""Asked of the network stream per read (it gives what it has, up to this)."""
+READ_BYTES = 64 * 1024
+"""Asked of the network stream per read, as httpcore asks: the transport's stream
+reads its own ``read_size`` (1 MiB) whatever is asked, and gives what it has."""
 
 MAX_HEAD_BYTES = 100 * 1024
 """The longest status line and headers accepted (httpcore's limit)."""
@@ -111,9 +112,9 @@ class Http11Connection(httpcore.AsyncConnectionInterface):
             if stream is None:
                 stream = self._stream = await self._connect(request, timeouts.get("connect"))
             http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-            await _send_request(stream, http, request, timeouts.get("write"))
+            sent = await _send_request(stream, http, request, timeouts.get("write"))
             head = await _receive_head(stream, http, timeouts.get("read"))
-            body = self._body(stream, http, request, head, timeouts.get("read"))
+            body = self._body(stream, http, request, head, sent, timeouts.get("read"))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
@@ -152,10 +153,15 @@ class Http11Connection(httpcore.AsyncConnectionInterface):
         http: h11.Connection,
         request: httpcore.Request,
         head: h11.Response,
+        sent: bool,
         timeout: float | None,
     ) -> _ResponseBody:
-        """The answer's body, framed as RFC 9112 section 6.3 says."""
-        keep_alive = http.our_state is h11.DONE and _keeps_alive(request.headers, head)
+        """The answer's body, framed as RFC 9112 section 6.3 says.
+
+        ``sent``: whether the whole request was written (else the connection is not
+        reused: h11 counts what it was given, not what the socket took).
+        """
+        keep_alive = sent and http.our_state is h11.DONE and _keeps_alive(request.headers, head)
         headers = head.headers
         if (
             request.method == b"HEAD"
@@ -333,31 +339,32 @@ async def _send_request(
     http: h11.Connection,
     request: httpcore.Request,
     timeout: float | None,
-) -> None:
-    """Write the request; a write error is let pass, as in httpcore.
+) -> bool:
+    """Write the request, each piece as it comes (as httpcore does); whether all went.
 
-    A server may close its side after an early answer (a 413, a 401): that answer
-    is then read, and the connection is not reused.
+    A write error is let pass, as in httpcore: a server may close its side after an
+    early answer (a 413, a 401), which is then read; the connection is not reused.
+    A GET is one write: its empty body adds no bytes.
     """
     try:
         event = h11.Request(
             method=request.method, target=request.url.target, headers=request.headers
         )
-        pending = http.send(event) or b""
+        await stream.write(http.send(event) or b"", timeout)
         body = request.stream
         assert isinstance(body, AsyncIterable)  # httpx's request streams are
-        async for chunk in body:  # written with the head while small (one write for a GET)
-            pending += http.send(h11.Data(data=chunk)) or b""
-            if len(pending) >= READ_BYTES:
-                await stream.write(pending, timeout)
-                pending = b""
-        pending += http.send(h11.EndOfMessage()) or b""
-        if pending:
-            await stream.write(pending, timeout)
+        async for chunk in body:
+            data = http.send(h11.Data(data=chunk))
+            if data:
+                await stream.write(data, timeout)
+        end = http.send(h11.EndOfMessage())
+        if end:
+            await stream.write(end, timeout)
     except h11.LocalProtocolError as exc:
         raise httpcore.LocalProtocolError(str(exc)) from exc
     except httpcore.WriteError:
-        pass
+        return False
+    return True
 
 
 async def _receive_head(
@@ -375,6 +382,10 @@ async def _receive_head(
             http.receive_data(data)
         elif isinstance(event, h11.Response):
             return event
+        elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            raise httpcore.RemoteProtocolError(
+                "upgrades (101 Switching Protocols) are not supported"
+            )
         elif not isinstance(event, h11.InformationalResponse):
             raise httpcore.RemoteProtocolError(
                 f"unexpected {type(event).__name__} before the answer"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import httpcore
@@ -324,3 +325,109 @@ def test_a_new_connection_reports_its_state() -> None:
     assert repr(connection) == (
         "<Http11Connection ['http://127.0.0.1:1', HTTP/1.1, NEW, Request Count: 0]>"
     )
+
+
+class WritesFail(httpcore.AsyncNetworkStream):
+    """A stream whose writes fail (the server hung up its reading side) but which
+    still reads out an answer the server sent early."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        answer, self._answer = self._answer, b""
+        return answer
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        raise httpcore.WriteError("[Errno 32] Broken pipe")
+
+    async def aclose(self) -> None:
+        pass
+
+    def get_extra_info(self, info: str) -> object:
+        return None
+
+
+class OneStream(httpcore.AsyncNetworkBackend):
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        return self._stream
+
+
+async def test_an_early_answer_to_a_request_not_sent_whole_is_read_and_not_kept() -> None:
+    unauthorized = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+    url = httpcore.URL("http://127.0.0.1:1/")
+    connection = Http11Connection(url.origin, OneStream(WritesFail(unauthorized)))
+    response = await connection.handle_async_request(
+        httpcore.Request(b"POST", url, headers=[(b"Host", b"127.0.0.1")], content=b"x" * 100)
+    )
+    assert response.status == 401
+    await response.aread()
+    await response.aclose()
+    assert connection.is_closed() and not connection.is_available()
+
+
+async def test_an_upgrade_is_refused_clearly() -> None:
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    with scripted(closing(switching)) as server, client_of(server) as client:
+        async with client:
+            headers = {"Connection": "Upgrade", "Upgrade": "websocket"}
+            with pytest.raises(
+                httpx.RemoteProtocolError,
+                match=r"upgrades \(101 Switching Protocols\) are not supported",
+            ):
+                await client.get("/", headers=headers)
+
+
+async def test_a_streamed_request_body_is_written_as_it_comes() -> None:
+    heard: list[bytes] = []
+    head_arrived = threading.Event()
+
+    def listen(conn: socket.socket, data: bytes) -> None:
+        head_arrived.set()
+        while not data.endswith(b"0\r\n\r\n"):  # chunked: the producer's length is unknown
+            data += conn.recv(65536)
+        heard.append(data)
+        conn.sendall(ok(b"done", "Connection: close"))
+
+    async def producer() -> AsyncIterator[bytes]:
+        yield b"first,"
+        with anyio.fail_after(5):  # the head and the first piece are out before the rest
+            while not head_arrived.is_set():
+                await anyio.sleep(0.01)
+        yield b"last"
+
+    with scripted(listen) as server, client_of(server) as client:
+        async with client:
+            response = await client.post("/", content=producer())
+    assert response.content == b"done"
+    assert heard == [b"6\r\nfirst,\r\n4\r\nlast\r\n0\r\n\r\n"]
+
+
+async def test_the_transport_read_size_is_what_the_socket_is_asked() -> None:
+    asked: list[int] = []
+    with scripted(ok(b"y" * 3_000_000)) as server:
+        transport = KheopsTransport(trust_env=False, read_size=256 * 1024)
+        backend = transport._backend
+        original = backend.connect_tcp
+
+        async def connect_tcp(*args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+            stream = await original(*args, **kwargs)
+            inner = stream._inner  # type: ignore[attr-defined]
+            read = inner.read
+
+            async def counted(max_bytes: int, timeout: float | None = None) -> bytes:
+                asked.append(max_bytes)
+                return await read(max_bytes, timeout)
+
+            inner.read = counted
+            return stream
+
+        backend.connect_tcp = connect_tcp  # type: ignore[method-assign]
+        async with httpx.AsyncClient(base_url=server.url, transport=transport) as client:
+            assert len((await client.get("/")).content) == 3_000_000
+    assert asked and set(asked) == {256 * 1024}
