@@ -171,7 +171,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         """The next bytes received (at most ``max_bytes``), ``b""`` once the peer closed.
 
         Raises ``httpcore.ReadTimeout`` after ``timeout`` seconds without data and
-        ``httpcore.ReadError`` when the connection broke (the OS error is the cause).
+        ``httpcore.ReadError`` when the connection broke (the OS error is the cause) or
+        was closed on this side, before or during the read.
         """
         protocol = self._protocol
         if self._closed:
@@ -181,6 +182,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 await protocol.readable.wait(timeout)
             except TimeoutError:
                 raise httpcore.ReadTimeout(f"no data received in {timeout} s") from None
+            if self._closed:  # by another task meanwhile: not the peer's end
+                raise httpcore.ReadError("the connection was closed while reading")
         if protocol.chunks:
             return protocol.take(max_bytes)
         if protocol.error is not None:

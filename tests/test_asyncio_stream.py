@@ -434,6 +434,21 @@ async def test_reading_or_writing_after_close_is_an_error() -> None:
             await stream.write(b"x")
 
 
+async def test_a_close_by_another_task_during_a_read_is_a_read_error() -> None:
+    """Not an end of the body the peer sent (a pool closed while a download reads)."""
+    with serving(lambda conn: time.sleep(1)) as port:
+        stream = await connect(port)
+
+        async def close_soon() -> None:
+            await anyio.sleep(0.1)
+            await stream.aclose()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(close_soon)
+            with anyio.fail_after(5), pytest.raises(httpcore.ReadError, match="while reading"):
+                await stream.read(10)
+
+
 async def test_a_local_address_only_tries_the_addresses_of_its_family(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
