@@ -12,7 +12,10 @@ goes through h11, event by event, as in httpcore.
 
 :class:`DirectConnectionPool` is httpcore's pool with :meth:`create_connection`
 returning :class:`Http11Connection`: the pool's queueing, limits, keep-alive expiry
-and error handling are httpcore's. Proxied requests keep httpcore's own connections
+and error handling are httpcore's. :class:`TunnelConnectionPool` does the same for
+``https://`` origins behind an HTTP proxy, each :class:`TunnelConnection` opening a
+``CONNECT`` tunnel and running an :class:`Http11Connection` inside it; ``http://``
+origins behind a forwarding proxy keep httpcore's own connections
 (``httpcore.AsyncHTTPProxy``). No HTTP/2, no upgrades, no ``trace`` extension.
 
 A connection is reused only after a complete answer with keep-alive (HTTP/1.1, no
@@ -31,7 +34,7 @@ import anyio
 import h11
 import httpcore
 
-__all__ = ["DirectConnectionPool", "Http11Connection"]
+__all__ = ["DirectConnectionPool", "Http11Connection", "TunnelConnection", "TunnelConnectionPool"]
 
 READ_BYTES = 64 * 1024
 """Asked of the network stream per read, as httpcore asks: the transport's stream
@@ -70,6 +73,147 @@ class DirectConnectionPool(httpcore.AsyncConnectionPool):
         return Http11Connection(origin, backend, ssl_context, keepalive_expiry)
 
 
+class TunnelConnectionPool(DirectConnectionPool):
+    """The pool for ``https://`` origins behind an HTTP proxy: :class:`TunnelConnection` s.
+
+    ``proxy_url``: the proxy (``http://`` or ``https://``, then ``proxy_ssl_context``);
+    ``proxy_headers``: sent with each ``CONNECT`` (``Proxy-Authorization``);
+    ``pool_settings``: as :class:`DirectConnectionPool`'s.
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy_url: httpcore.URL,
+        proxy_headers: list[tuple[bytes, bytes]],
+        proxy_ssl_context: ssl.SSLContext | None,
+        **pool_settings: Any,
+    ) -> None:
+        super().__init__(**pool_settings)
+        self._tunnel_through = _Proxy(proxy_url.origin, proxy_headers, proxy_ssl_context)
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        ssl_context, keepalive_expiry, backend = self._connection_settings
+        return TunnelConnection(
+            origin, self._tunnel_through, backend, ssl_context, keepalive_expiry
+        )
+
+
+class _Proxy:
+    """Where a tunnel is asked for: the proxy's origin, its headers, its TLS context."""
+
+    __slots__ = ("headers", "origin", "ssl_context")
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        headers: list[tuple[bytes, bytes]],
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.origin = origin
+        self.headers = headers
+        self.ssl_context = ssl_context
+
+
+class TunnelConnection(httpcore.AsyncConnectionInterface):
+    """An :class:`Http11Connection` to ``origin`` inside a proxy's ``CONNECT`` tunnel.
+
+    The first request opens the tunnel (RFC 9110 section 9.3.6: ``CONNECT host:port``,
+    a 2xx answer, then TLS with the origin end to end through it); a refusal is an
+    ``httpcore.ProxyError`` naming the proxy's status, as httpcore's own tunnel says.
+    """
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        proxy: _Proxy,
+        backend: httpcore.AsyncNetworkBackend,
+        ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        self._origin = origin
+        self._proxy = proxy
+        self._backend = backend
+        self._ssl_context = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._connection: Http11Connection | None = None
+        self._opening = False
+        self._failed = False
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if self._connection is None:
+            if self._opening or self._failed:
+                raise httpcore.ConnectionNotAvailable()
+            self._opening = True
+            try:
+                stream = await self._open_tunnel(request)
+            except BaseException:
+                self._failed = True
+                raise
+            finally:
+                self._opening = False
+            self._connection = Http11Connection(
+                self._origin, self._backend, self._ssl_context, self._keepalive_expiry, stream
+            )
+        return await self._connection.handle_async_request(request)
+
+    async def _open_tunnel(self, request: httpcore.Request) -> httpcore.AsyncNetworkStream:
+        """Connect to the proxy, have it open the tunnel, and start TLS with the origin."""
+        timeouts = request.extensions.get("timeout", {})
+        timeout = timeouts.get("connect")
+        proxy = self._proxy
+        proxy_host = proxy.origin.host.decode("ascii")
+        stream = await self._backend.connect_tcp(proxy_host, proxy.origin.port, timeout=timeout)
+        try:
+            if proxy.origin.scheme == b"https":
+                stream = await _start_tls(stream, proxy.ssl_context, proxy_host, timeout)
+            target = b"%b:%d" % (self._origin.host, self._origin.port)
+            http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+            headers = [(b"Host", target), (b"Accept", b"*/*"), *proxy.headers]
+            connect = h11.Request(method=b"CONNECT", target=target, headers=headers)
+            await stream.write(http.send(connect) or b"", timeouts.get("write"))
+            head = await _receive_head(stream, http, timeouts.get("read"))
+            if not 200 <= head.status_code < 300:
+                reason = head.reason.decode("ascii", errors="replace")
+                raise httpcore.ProxyError(f"{head.status_code} {reason}")
+            if http.trailing_data[0]:  # the origin's TLS cannot speak before we do
+                raise httpcore.ProxyError("the proxy sent bytes into the tunnel before TLS")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        host = self._origin.host.decode("ascii")
+        server_hostname = request.extensions.get("sni_hostname") or host
+        return await _start_tls(stream, self._ssl_context, server_hostname, timeout)
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.aclose()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self._origin
+
+    def is_available(self) -> bool:
+        return self._connection is not None and self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        return self._connection.has_expired() if self._connection else self._failed
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle() if self._connection else self._failed
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed() if self._connection else self._failed
+
+    def info(self) -> str:
+        if self._connection is None:
+            return "CONNECTION FAILED" if self._failed else "CONNECTING"
+        return f"{self._connection.info()}, through {self._proxy.origin}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} [{self.info()}]>"
+
+
 class Http11Connection(httpcore.AsyncConnectionInterface):
     """One HTTP/1.1 connection to ``origin``, opened by its first request."""
 
@@ -79,12 +223,14 @@ class Http11Connection(httpcore.AsyncConnectionInterface):
         backend: httpcore.AsyncNetworkBackend,
         ssl_context: ssl.SSLContext | None = None,
         keepalive_expiry: float | None = None,
+        stream: httpcore.AsyncNetworkStream | None = None,
     ) -> None:
         self._origin = origin
         self._backend = backend
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
-        self._stream: httpcore.AsyncNetworkStream | None = None
+        self._stream = stream
+        """The connection's stream, once open (given already open inside a tunnel)."""
         self._state = _NEW
         self._expire_at: float | None = None
         self._request_count = 0
@@ -137,15 +283,8 @@ class Http11Connection(httpcore.AsyncConnectionInterface):
         stream = await self._backend.connect_tcp(host, self._origin.port, timeout=timeout)
         if self._origin.scheme != b"https":
             return stream
-        context = self._ssl_context or httpcore.default_ssl_context()
-        context.set_alpn_protocols(["http/1.1"])
         server_hostname = request.extensions.get("sni_hostname") or host
-        try:
-            return await stream.start_tls(context, server_hostname, timeout=timeout)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            raise
+        return await _start_tls(stream, self._ssl_context, server_hostname, timeout)
 
     def _body(
         self,
@@ -365,6 +504,23 @@ async def _send_request(
     except httpcore.WriteError:
         return False
     return True
+
+
+async def _start_tls(
+    stream: httpcore.AsyncNetworkStream,
+    context: ssl.SSLContext | None,
+    server_hostname: str,
+    timeout: float | None,
+) -> httpcore.AsyncNetworkStream:
+    """``stream`` wrapped in TLS, offering HTTP/1.1 (ALPN); closed if the handshake fails."""
+    context = context or httpcore.default_ssl_context()
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        return await stream.start_tls(context, server_hostname, timeout=timeout)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
 
 
 async def _receive_head(

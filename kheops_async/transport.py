@@ -9,8 +9,10 @@ per call about 590 MB/s under asyncio and 900 MB/s under trio
 
 Under asyncio the connections are :mod:`~kheops_async.asyncio_stream`'s, on asyncio's
 own transports: anyio's stream in between cost about a tenth of a download's CPU.
-Direct (unproxied) requests go over :mod:`~kheops_async.http11`'s HTTP/1.1
-connections, whose bodies skip h11's receive buffer and httpcore's per-chunk layers.
+Requests go over :mod:`~kheops_async.http11`'s HTTP/1.1 connections, whose bodies
+skip h11's receive buffer and httpcore's per-chunk layers: direct ones, and
+``https://`` ones through a proxy's ``CONNECT`` tunnel (``http://`` origins behind a
+forwarding proxy keep httpcore's connections).
 
 Nothing global is changed: :class:`LargeReadBackend` is an httpcore
 ``AsyncNetworkBackend`` given to pools built here, and :class:`KheopsTransport`
@@ -35,6 +37,7 @@ one request and returns its answer.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import os
@@ -52,7 +55,7 @@ import httpx
 
 from kheops_async.asyncio_stream import AsyncioBackend
 from kheops_async.connect_ahead import ConnectionsAhead
-from kheops_async.http11 import DirectConnectionPool
+from kheops_async.http11 import DirectConnectionPool, TunnelConnectionPool
 
 __all__ = [
     "READ_SIZE",
@@ -290,6 +293,14 @@ class _PoolKey:
     proxy: str | None
 
 
+def _proxy_authorization(auth: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """The ``Proxy-Authorization`` header for a proxy's credentials (Basic, RFC 7617)."""
+    if auth is None:
+        return []
+    user_pass = f"{auth[0]}:{auth[1]}".encode()
+    return [(b"Proxy-Authorization", b"Basic " + base64.b64encode(user_pass))]
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The body of an httpcore response, its errors raised as httpx errors."""
 
@@ -372,7 +383,8 @@ class KheopsTransport(httpx.AsyncBaseTransport):
         return pool
 
     def _make_pool(self, key: _PoolKey) -> httpcore.AsyncConnectionPool:
-        """Direct origins get :mod:`~kheops_async.http11`'s connections, proxied ones httpcore's."""
+        """:mod:`~kheops_async.http11`'s connections, direct or through a ``CONNECT`` tunnel;
+        ``http://`` origins behind a forwarding proxy keep httpcore's."""
         tls = self.ssl_context() if key.scheme == "https" else None
         sizes: dict[str, Any] = {
             "max_connections": self._limits.max_connections,
@@ -388,16 +400,23 @@ class KheopsTransport(httpx.AsyncBaseTransport):
                 f"proxy scheme {proxy.scheme!r} is not supported (use an http:// proxy)"
             )
         auth = (proxy.username, proxy.password) if proxy.username else None
-        return httpcore.AsyncHTTPProxy(
-            proxy_url=httpcore.URL(
-                scheme=proxy.raw_scheme,
-                host=proxy.raw_host,
-                port=proxy.port,
-                target=proxy.raw_path,
-            ),
+        proxy_url = httpcore.URL(
+            scheme=proxy.raw_scheme, host=proxy.raw_host, port=proxy.port, target=proxy.raw_path
+        )
+        proxy_tls = self.ssl_context() if proxy.scheme == "https" else None
+        if key.scheme == "https":  # a CONNECT tunnel, over our own connections
+            return TunnelConnectionPool(
+                proxy_url=proxy_url,
+                proxy_headers=_proxy_authorization(auth),
+                proxy_ssl_context=proxy_tls,
+                ssl_context=tls,
+                **sizes,
+            )
+        return httpcore.AsyncHTTPProxy(  # forwarding: httpcore's connections
+            proxy_url=proxy_url,
             proxy_auth=auth,
             ssl_context=tls,
-            proxy_ssl_context=self.ssl_context() if proxy.scheme == "https" else None,
+            proxy_ssl_context=proxy_tls,
             **sizes,
         )
 

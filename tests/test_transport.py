@@ -22,6 +22,7 @@ from proxies import LoopbackProxy, https_front
 
 from kheops_async import AuthenticationError, DicomWebClient, Targets, TransportError, download
 from kheops_async.cli import main
+from kheops_async.http11 import TunnelConnection, TunnelConnectionPool
 from kheops_async.transport import (
     READ_SIZE,
     KheopsTransport,
@@ -173,6 +174,42 @@ async def test_https_server_through_a_connect_tunnel(
     assert proxy.connections and all(
         c.method == "CONNECT" and c.target == f"127.0.0.1:{port}" for c in proxy.connections
     )
+
+
+async def test_a_connect_tunnel_is_kept_alive_over_our_own_connections(
+    https_server: str, ca_bundle: Path, proxy: LoopbackProxy
+) -> None:
+    transport = KheopsTransport(verify=str(ca_bundle), proxy=proxy.url, trust_env=False)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, headers=headers) as client:
+        for _ in range(3):
+            response = await client.get(f"{https_server}/studies")
+            assert response.status_code == 200 and len(response.json()) == len(STUDIES)
+        pools = list(transport._pools.values())
+        assert len(pools) == 1 and isinstance(pools[0], TunnelConnectionPool)
+        (connection,) = pools[0].connections
+        assert isinstance(connection, TunnelConnection) and connection.is_idle()
+        assert "Request Count: 3" in connection.info()
+    assert [c.method for c in proxy.connections] == ["CONNECT"]  # one tunnel, three requests
+
+
+async def test_tunnel_credentials_are_sent_and_a_refusal_is_a_proxy_error(
+    https_server: str, ca_bundle: Path
+) -> None:
+    with LoopbackProxy(credentials=("hospital", PROXY_PASSWORD)) as guarded:
+        good = f"http://hospital:{PROXY_PASSWORD}@127.0.0.1:{guarded.port}"
+        assert await study_count(https_server, verify=str(ca_bundle), proxy=good) == len(STUDIES)
+        assert guarded.connections[0].method == "CONNECT"
+        assert guarded.connections[0].proxy_authorization
+        wrong = f"http://hospital:wrong-{PROXY_PASSWORD}@127.0.0.1:{guarded.port}"
+        transport = KheopsTransport(verify=str(ca_bundle), proxy=wrong, trust_env=False)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(
+                httpx.ProxyError, match="407 Proxy Authentication Required"
+            ) as refused:
+                await client.get(f"{https_server}/studies")
+            assert not transport._pools[next(iter(transport._pools))].connections  # slot freed
+    assert PROXY_PASSWORD not in str(refused.value)
 
 
 async def test_proxy_from_the_environment_and_no_proxy(

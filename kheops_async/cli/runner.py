@@ -8,6 +8,7 @@ one ``error: ...`` line on stderr, credentials removed, and the traceback only a
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,20 @@ def run_command(
         except BaseException as exc:  # the edge: every error ends here, as one line
             if isinstance(exc, SystemExit | GeneratorExit | BrokenPipeError):
                 raise  # a closed stdout (`| head`): click ends quietly
+            if _interrupted_under_python_310(exc):
+                exc = KeyboardInterrupt()
             return report_error(exc, redactor=redactor, verbosity=output.verbosity)
+
+
+def _interrupted_under_python_310(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a Ctrl-C ends ``anyio.run`` on Python 3.10.
+
+    The event loop's runner cancels the main task on SIGINT; from Python 3.11 it then
+    raises ``KeyboardInterrupt``, but on 3.10 (no ``Task.uncancel`` to tell that cancel
+    from another) the main task's ``CancelledError`` comes out instead. Outside the
+    loop nothing else cancels the main task.
+    """
+    return sys.version_info < (3, 11) and isinstance(exc, asyncio.CancelledError)
 
 
 async def _with_client(
