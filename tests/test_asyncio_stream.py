@@ -26,7 +26,12 @@ import pytest
 import trustme
 
 from kheops_async import asyncio_stream
-from kheops_async.asyncio_stream import BUFFER_LIMIT, AsyncioBackend, AsyncioStream
+from kheops_async.asyncio_stream import (
+    BUFFER_LIMIT,
+    LARGE_READ_BYTES,
+    AsyncioBackend,
+    AsyncioStream,
+)
 from kheops_async.transport import KheopsTransport
 
 pytestmark = pytest.mark.anyio
@@ -153,10 +158,50 @@ async def test_a_slow_reader_holds_at_most_the_buffer_limit() -> None:
         await anyio.sleep(0.5)  # the server sends as fast as it can; nobody reads
         protocol = stream._protocol
         assert protocol.reading_paused
-        assert BUFFER_LIMIT <= protocol.buffered <= BUFFER_LIMIT + 256 * 1024
+        assert BUFFER_LIMIT <= protocol.buffered <= BUFFER_LIMIT + LARGE_READ_BYTES
         received = await read_all(stream)
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
         assert not protocol.reading_paused
+        await stream.aclose()
+
+
+ASYNCIO_READ_BYTES = 256 * 1024
+"""What asyncio's selector transports read per call (their ``max_size``)."""
+
+
+async def test_reads_grow_once_one_fills_asyncios_read_size() -> None:
+    with serving(lambda conn: time.sleep(1)) as port:
+        fast, slow = await connect(port), await connect(port)
+        for stream in (fast, slow):
+            assert stream._transport.max_size == ASYNCIO_READ_BYTES  # type: ignore[attr-defined]
+        slow._protocol.data_received(b"s" * (ASYNCIO_READ_BYTES - 1))
+        fast._protocol.data_received(b"f" * ASYNCIO_READ_BYTES)  # as a full read hands it
+        assert slow._transport.max_size == ASYNCIO_READ_BYTES  # type: ignore[attr-defined]
+        assert fast._transport.max_size == LARGE_READ_BYTES  # type: ignore[attr-defined]
+        assert await fast.read(1 << 20) == b"f" * ASYNCIO_READ_BYTES
+        assert await slow.read(1 << 20) == b"s" * (ASYNCIO_READ_BYTES - 1)
+        await fast.aclose()
+        await slow.aclose()
+
+
+async def test_a_fast_answer_arrives_whole_in_large_reads() -> None:
+    payload = os.urandom(12 * 1024 * 1024 + 5)
+
+    def send(conn: socket.socket) -> None:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+
+    with serving(send) as port:
+        stream = await connect(port)
+        sizes = []
+        pieces = []
+        while chunk := await stream.read(1 << 20, timeout=5.0):
+            sizes.append(len(chunk))
+            pieces.append(chunk)
+            await anyio.sleep(0.002)  # a busy reader: the socket fills between reads
+        assert b"".join(pieces) == payload
+        assert max(sizes) <= LARGE_READ_BYTES
+        assert stream._transport.max_size == LARGE_READ_BYTES  # type: ignore[attr-defined]
         await stream.aclose()
 
 
