@@ -9,17 +9,25 @@ from Orthanc (benchmark case S2, the command, 2 cores): with every batch in a th
 the process's CPU in the scheduler; the download took a median 3.37 s (3.2 s of CPU,
 6 interleaved pairs) against 2.80 s (2.65 s of CPU) with the batches on the loop.
 
-So a batch of small parts is placed on the event loop, and a batch of big ones
-(:data:`THREAD_PART_BYTES`) in a worker thread, where one long ``writev`` per part lets
-the loop go on receiving. A batch on the loop blocks it for its length (8 parts or
-512 KB as the engine gathers them: about a millisecond on a local disk), which storage
-can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls have taken more than
-:data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes),
+So a batch is placed on the event loop, blocking it for its length (8 parts or 512 KB
+as the engine gathers them, up to a part of 1 MiB: about a millisecond on a local disk),
+which storage can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls have taken more
+than :data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes),
 placement moves to the worker thread for the rest of the run. With ``fsync`` it is
 always in the thread (each flush waits for the disk), and so it is with the setting
-``sink_in_thread`` (for a service whose loop must never wait for the disk). Large
-parts were already streamed to their temporary files from worker threads
+``sink_in_thread`` (for a service whose loop must never wait for the disk). Parts over
+1 MiB were already streamed to their temporary files from worker threads
 (:mod:`~kheops_async.engine.receiving`); only their rename and record happen here.
+
+Batches of big parts (averaging 256 KB or more) used to go to the worker thread, where
+one long ``writev`` let the loop receive meanwhile: measured then (1a33b35, on an AMD
+EPYC, with httpcore's own connections) S1's library took 0.25 s that way and 0.276 s on
+the loop. With this engine's receive path (:mod:`~kheops_async.http11`,
+:mod:`~kheops_async.asyncio_stream`) the thread costs more than it gains, the GIL
+changing hands at each of its system calls while the loop is busy: on an Intel Xeon,
+the library in one process, interleaved pairs, S1 (200 parts of 525 KB) 0.234 s in the
+thread against 0.197 s on the loop (16 pairs, CPU 0.205 -> 0.181 s), the 560-instance
+archive 0.430 -> 0.399 s (12 pairs).
 
 Either way one batch is placed at a time for the whole run, so the collision check and
 the journal row of a path never interleave with another batch's; and a batch once
@@ -44,7 +52,7 @@ import anyio.to_thread
 from kheops_async.engine.receiving import PartBody
 from kheops_async.engine.sink import Outcome, PartSink, SeriesRequest
 
-__all__ = ["LOOP_BUDGET_SECONDS", "SLOW_CALLS_FOR_THREAD", "THREAD_PART_BYTES", "Placement"]
+__all__ = ["LOOP_BUDGET_SECONDS", "SLOW_CALLS_FOR_THREAD", "Placement"]
 
 log = logging.getLogger("kheops_async")
 
@@ -57,16 +65,6 @@ SLOW_CALLS_FOR_THREAD = 3
 
 One slow call can be an accident (a checkpoint of the journal, a stall while the kernel
 writes dirty pages back); three in one run say that the storage is slow."""
-THREAD_PART_BYTES = 256 * 1024
-"""Batches whose parts average this many bytes still to write are written in a thread.
-
-A big ``writev`` holds the GIL released long enough for the loop to receive meanwhile,
-so the thread pays for its handoffs: on the 200 parts of 525 KB (S1, the library, 8
-interleaved pairs) the engine took a median 0.276 s with every batch on the loop, 0.25 s
-with each in a thread; on the 560-instance archive (360 parts of 50-100 KB and 200 of
-525 KB, the command, 6 runs each) 0.78 s on the loop, 0.71 s all in threads, 0.68 s
-with this threshold (64 KB: 0.69 s, but S2's parts of 50-100 KB then go to threads).
-"""
 
 
 class Placement:
@@ -87,16 +85,9 @@ class Placement:
 
     async def commit(self, batch: Sequence[PartBody], request: SeriesRequest) -> list[Outcome]:
         """Check and place ``batch`` (see :meth:`PartSink.commit_batch`). Raises OSError."""
-        to_write = sum(body.size for body in batch if body.in_memory)
-        in_thread = to_write >= THREAD_PART_BYTES * len(batch)
         with anyio.CancelScope(shield=True):
             async with self._slot:
-                if in_thread:
-                    outcomes = await anyio.to_thread.run_sync(
-                        self.sink.commit_batch, batch, request, limiter=self._thread
-                    )
-                else:
-                    outcomes = await self.call(lambda: self.sink.commit_batch(batch, request))
+                outcomes = await self.call(lambda: self.sink.commit_batch(batch, request))
         return outcomes
 
     async def call(self, function: Callable[[], T]) -> T:
