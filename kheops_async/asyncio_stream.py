@@ -19,9 +19,9 @@ What it does instead:
   bytes, then pauses reading until the reader catches up, so a connection holds at most
   that much (plus the read that crossed it) whatever the server sends;
 - the loop reads the socket 256 KiB at a time (asyncio's selector transports), and up to
-  :data:`LARGE_READ_BYTES` once a read has filled that: a fast answer then takes a
-  quarter of the reads (S1's 105 MB: 405 reads, 111 with this), each of which costs the
-  loop an iteration, a callback and a wakeup;
+  :data:`LARGE_READ_BYTES` (no more than the reader asks per read) once a read has
+  filled that: a fast answer then takes a quarter of the reads (S1's 105 MB: 405 reads,
+  111 with this), each of which costs the loop an iteration, a callback and a wakeup;
 - :meth:`AsyncioStream.read` hands out the queued chunks as they came (no copy), or
   waits for one; a timeout is a timer on that wait, not a cancel scope;
 - errors become httpcore's (``ConnectError``, ``ReadError``, ``WriteTimeout``...), with
@@ -101,6 +101,9 @@ class _ReceivingProtocol(asyncio.Protocol):
         self._read_size: int | None = None
         """The loop's read size (asyncio's selector transports: ``max_size``) while it may
         still grow to :data:`LARGE_READ_BYTES`; ``None`` once grown, or with none to grow."""
+        self.largest_read = 0
+        """The most the reader has asked for in one read: the loop's reads grow no larger
+        (a chunk bigger than the reader takes would be split, and its rest copied)."""
         self.writing_paused = False
         self.writable = _Wakeup()
         """Wakes the writer waiting for room in the send buffer."""
@@ -111,10 +114,11 @@ class _ReceivingProtocol(asyncio.Protocol):
         self._read_size = getattr(transport, "max_size", None)
 
     def data_received(self, data: bytes) -> None:
-        if self._read_size is not None and len(data) >= self._read_size:
+        if self._read_size is not None and len(data) >= self._read_size and self.largest_read:
             self._read_size = None  # a fast answer: read it in larger pieces from now on
-            if isinstance(getattr(self.transport, "max_size", None), int):  # not under TLS
-                self.transport.max_size = LARGE_READ_BYTES  # type: ignore[union-attr]
+            larger = min(LARGE_READ_BYTES, self.largest_read)
+            if larger > len(data) and isinstance(getattr(self.transport, "max_size", None), int):
+                self.transport.max_size = larger  # type: ignore[union-attr]  # (not under TLS)
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered >= BUFFER_LIMIT and not self.reading_paused and self.transport:
@@ -202,6 +206,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         was closed on this side, before or during the read.
         """
         protocol = self._protocol
+        if max_bytes > protocol.largest_read:
+            protocol.largest_read = max_bytes
         if self._closed:
             raise httpcore.ReadError("the connection is closed")
         if not protocol.chunks and not protocol.eof:
@@ -285,6 +291,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 raise httpcore.ConnectTimeout(f"TLS handshake not done in {timeout} s") from None
             if isinstance(exc, OSError):  # ssl.SSLError is one
                 raise httpcore.ConnectError(str(exc)) from exc
+            if isinstance(exc, TypeError):  # a transport asyncio cannot wrap in TLS
+                raise httpcore.ConnectError(
+                    "this event loop cannot start TLS on this connection (TLS inside TLS, "
+                    "for an https:// server through an https:// proxy, needs Python 3.11 "
+                    "or later under asyncio)"
+                ) from exc
             raise
         assert isinstance(transport, asyncio.Transport)
         self._protocol.transport = transport  # flow control now goes through the TLS layer

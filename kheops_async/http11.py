@@ -121,6 +121,8 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
     The first request opens the tunnel (RFC 9110 section 9.3.6: ``CONNECT host:port``,
     a 2xx answer, then TLS with the origin end to end through it); a refusal is an
     ``httpcore.ProxyError`` naming the proxy's status, as httpcore's own tunnel says.
+    Closed while its tunnel is being opened (its pool closed), it still answers that
+    request, as a direct connection does, then closes.
     """
 
     def __init__(
@@ -139,10 +141,12 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
         self._connection: Http11Connection | None = None
         self._opening = False
         self._failed = False
+        self._closed = False
+        """Whether :meth:`aclose` was called (perhaps while the tunnel was being opened)."""
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         if self._connection is None:
-            if self._opening or self._failed:
+            if self._opening or self._failed or self._closed:
                 raise httpcore.ConnectionNotAvailable()
             self._opening = True
             try:
@@ -155,7 +159,10 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
             self._connection = Http11Connection(
                 self._origin, self._backend, self._ssl_context, self._keepalive_expiry, stream
             )
-        return await self._connection.handle_async_request(request)
+        response = await self._connection.handle_async_request(request)
+        if self._closed:  # closed while the tunnel opened: nobody would close it later
+            self._connection.close_after_answer()
+        return response
 
     async def _open_tunnel(self, request: httpcore.Request) -> httpcore.AsyncNetworkStream:
         """Connect to the proxy, have it open the tunnel, and start TLS with the origin."""
@@ -167,7 +174,7 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
         try:
             if proxy.origin.scheme == b"https":
                 stream = await _start_tls(stream, proxy.ssl_context, proxy_host, timeout)
-            target = b"%b:%d" % (self._origin.host, self._origin.port)
+            target = _authority(self._origin)
             http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
             headers = [(b"Host", target), (b"Accept", b"*/*"), *proxy.headers]
             connect = h11.Request(method=b"CONNECT", target=target, headers=headers)
@@ -187,6 +194,7 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
         return await _start_tls(stream, self._ssl_context, server_hostname, timeout)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._connection is not None:
             await self._connection.aclose()
 
@@ -203,7 +211,9 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
         return self._connection.is_idle() if self._connection else self._failed
 
     def is_closed(self) -> bool:
-        return self._connection.is_closed() if self._connection else self._failed
+        if self._connection is None:
+            return self._failed or (self._closed and not self._opening)
+        return self._connection.is_closed()
 
     def info(self) -> str:
         if self._connection is None:
@@ -325,6 +335,10 @@ class Http11Connection(httpcore.AsyncConnectionInterface):
                 self._expire_at = time.monotonic() + self._keepalive_expiry
         else:
             await self.aclose()
+
+    def close_after_answer(self) -> None:
+        """Close the connection once the answer being read is done with, not keep it."""
+        self._reusable = False
 
     # -- what the pool asks ------------------------------------------------------------
 
@@ -504,6 +518,13 @@ async def _send_request(
     except httpcore.WriteError:
         return False
     return True
+
+
+def _authority(origin: httpcore.Origin) -> bytes:
+    """``host:port`` of ``origin`` for a ``CONNECT`` (RFC 9112 section 3.2.3): an IPv6
+    address in brackets (RFC 3986 section 3.2.2), as httpx gives it without them."""
+    host = b"[%b]" % origin.host if b":" in origin.host else origin.host
+    return b"%b:%d" % (host, origin.port)
 
 
 async def _start_tls(

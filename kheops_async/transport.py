@@ -46,7 +46,7 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -289,8 +289,10 @@ def _has_port(entry: str) -> bool:
 
 @dataclass(frozen=True)
 class _PoolKey:
+    """What one pool serves: a scheme, and the proxy URL (its credentials kept out of repr)."""
+
     scheme: str
-    proxy: str | None
+    proxy: str | None = field(repr=False)
 
 
 def _proxy_authorization(auth: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:

@@ -23,6 +23,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ class ProxiedConnection:
     method: str
     target: str
     proxy_authorization: str | None
+    host: str | None = None
 
 
 def _relay(source: socket.socket, sink: socket.socket) -> None:
@@ -120,10 +122,16 @@ class _Listener:
 class LoopbackProxy(_Listener):
     """An HTTP proxy on loopback (``CONNECT`` tunnels and forwarding); see the module."""
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, credentials: tuple[str, str] | None = None, *, connect_delay: float = 0.0
+    ) -> None:
         super().__init__()
         self.credentials = credentials
+        self.connect_delay = connect_delay
+        """Seconds a ``CONNECT`` waits before its answer (a slow proxy)."""
         self.connections: list[ProxiedConnection] = []
+        self.tunnels_ended = 0
+        """Tunnels both of whose sides have closed."""
         self._lock = threading.Lock()
 
     def __enter__(self) -> LoopbackProxy:
@@ -151,7 +159,9 @@ class LoopbackProxy(_Listener):
         }
         authorization = headers.get("proxy-authorization")
         with self._lock:
-            self.connections.append(ProxiedConnection(method, target, authorization))
+            self.connections.append(
+                ProxiedConnection(method, target, authorization, headers.get("host"))
+            )
         if self.credentials is not None and authorization != self._expected_authorization():
             conn.sendall(
                 b"HTTP/1.1 407 Proxy Authentication Required\r\n"
@@ -163,8 +173,11 @@ class LoopbackProxy(_Listener):
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
             upstream = self._connect(host.strip("[]"), int(port))
+            time.sleep(self.connect_delay)
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             _pump(conn, upstream, head.split(b"\r\n\r\n", 1)[1])
+            with self._lock:
+                self.tunnels_ended += 1
             return
         parts = urlsplit(target)
         upstream = self._connect(parts.hostname or "", parts.port or 80)

@@ -170,18 +170,22 @@ ASYNCIO_READ_BYTES = 256 * 1024
 
 
 async def test_reads_grow_once_one_fills_asyncios_read_size() -> None:
-    with serving(lambda conn: time.sleep(1)) as port:
-        fast, slow = await connect(port), await connect(port)
-        for stream in (fast, slow):
+    """To at most what the reader asks: a bigger chunk would be split and its rest copied."""
+    with serving(lambda conn: (conn.sendall(b"x"), time.sleep(1)), accept=3) as port:
+        fast, slow, narrow = [await connect(port) for _ in range(3)]
+        for stream, asked in ((fast, 1 << 20), (slow, 1 << 20), (narrow, 64 * 1024)):
+            assert await stream.read(asked, timeout=5) == b"x"
             assert stream._transport.max_size == ASYNCIO_READ_BYTES  # type: ignore[attr-defined]
         slow._protocol.data_received(b"s" * (ASYNCIO_READ_BYTES - 1))
         fast._protocol.data_received(b"f" * ASYNCIO_READ_BYTES)  # as a full read hands it
+        narrow._protocol.data_received(b"n" * ASYNCIO_READ_BYTES)
         assert slow._transport.max_size == ASYNCIO_READ_BYTES  # type: ignore[attr-defined]
         assert fast._transport.max_size == LARGE_READ_BYTES  # type: ignore[attr-defined]
+        assert narrow._transport.max_size == ASYNCIO_READ_BYTES  # type: ignore[attr-defined]
         assert await fast.read(1 << 20) == b"f" * ASYNCIO_READ_BYTES
         assert await slow.read(1 << 20) == b"s" * (ASYNCIO_READ_BYTES - 1)
-        await fast.aclose()
-        await slow.aclose()
+        for stream in (fast, slow, narrow):
+            await stream.aclose()
 
 
 async def test_a_fast_answer_arrives_whole_in_large_reads() -> None:

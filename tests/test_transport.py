@@ -7,11 +7,13 @@ a ``trustme`` certificate.
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 import pytest
@@ -209,7 +211,76 @@ async def test_tunnel_credentials_are_sent_and_a_refusal_is_a_proxy_error(
             ) as refused:
                 await client.get(f"{https_server}/studies")
             assert not transport._pools[next(iter(transport._pools))].connections  # slot freed
+            assert PROXY_PASSWORD not in repr(transport._pools)
     assert PROXY_PASSWORD not in str(refused.value)
+
+
+async def test_a_tunnel_closed_while_it_opens_answers_then_closes(
+    https_server: str, ca_bundle: Path
+) -> None:
+    """As a direct connection does, not left open in a pool that forgot it."""
+    with LoopbackProxy(connect_delay=0.5) as slow:
+        transport = KheopsTransport(verify=str(ca_bundle), proxy=slow.url, trust_env=False)
+        client = httpx.AsyncClient(
+            transport=transport, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        answers: list[httpx.Response] = []
+
+        async def fetch() -> None:
+            answers.append(await client.get(f"{https_server}/studies"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(fetch)
+            with anyio.fail_after(5):
+                while not slow.connections:
+                    await anyio.sleep(0.01)
+            (pool,) = transport._pools.values()
+            (connection,) = pool.connections
+            await client.aclose()  # while the proxy has not answered the CONNECT yet
+        assert answers[0].status_code == 200
+        assert connection.is_closed()
+        with anyio.fail_after(5):
+            while not slow.tunnels_ended:  # our side of the tunnel was closed
+                await anyio.sleep(0.01)
+
+
+async def test_an_ipv6_server_is_named_in_brackets_in_the_connect(ca_bundle: Path) -> None:
+    with LoopbackProxy(credentials=("hospital", PROXY_PASSWORD)) as guarded:
+        transport = KheopsTransport(verify=str(ca_bundle), proxy=guarded.url, trust_env=False)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ProxyError, match="407"):
+                await client.get("https://[::1]:8443/studies")
+    (connect,) = guarded.connections
+    assert (connect.method, connect.target, connect.host) == ("CONNECT", "[::1]:8443", "[::1]:8443")
+
+
+async def test_https_server_through_an_https_proxy(
+    https_server: str, ca_bundle: Path, authority: trustme.CA, proxy: LoopbackProxy
+) -> None:
+    """TLS with the proxy, and TLS with the server inside it (both checked)."""
+    with https_front(proxy.port, authority) as tls_proxy:
+        proxy_url = f"https://127.0.0.1:{tls_proxy.port}"
+        count = await study_count(
+            https_server, verify=str(ca_bundle), proxy=proxy_url, trust_env=False
+        )
+    assert count == len(STUDIES)
+    assert [c.method for c in proxy.connections] == ["CONNECT"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_tls_inside_tls_the_loop_cannot_do_is_a_connect_error(
+    https_server: str,
+    ca_bundle: Path,
+    authority: trustme.CA,
+    proxy: LoopbackProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As under Python 3.10, whose asyncio cannot start TLS on a TLS transport."""
+    monkeypatch.delattr(asyncio.sslproto._SSLProtocolTransport, "_start_tls_compatible")
+    with https_front(proxy.port, authority) as tls_proxy:
+        proxy_url = f"https://127.0.0.1:{tls_proxy.port}"
+        with pytest.raises(TransportError, match="TLS inside TLS"):
+            await study_count(https_server, verify=str(ca_bundle), proxy=proxy_url, trust_env=False)
 
 
 async def test_proxy_from_the_environment_and_no_proxy(

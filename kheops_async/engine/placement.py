@@ -9,14 +9,15 @@ from Orthanc (benchmark case S2, the command, 2 cores): with every batch in a th
 the process's CPU in the scheduler; the download took a median 3.37 s (3.2 s of CPU,
 6 interleaved pairs) against 2.80 s (2.65 s of CPU) with the batches on the loop.
 
-So a batch is placed on the event loop, blocking it for its length (8 parts or 512 KB
-as the engine gathers them, up to a part of 1 MiB: about a millisecond on a local disk),
-which storage can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls have taken more
-than :data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that throttles writes),
-placement moves to the worker thread for the rest of the run. With ``fsync`` it is
-always in the thread (each flush waits for the disk), and so it is with the setting
-``sink_in_thread`` (for a service whose loop must never wait for the disk). Parts over
-1 MiB were already streamed to their temporary files from worker threads
+So a batch is placed on the event loop, blocking it for its length (as the engine
+gathers them, 8 parts or 512 KB when the sink is idle, up to 64 parts or 2 MiB and the
+part that crossed that while it is busy: about a millisecond on a local disk, a few for
+the largest), which storage can make long: once :data:`SLOW_CALLS_FOR_THREAD` calls
+have taken more than :data:`LOOP_BUDGET_SECONDS` (a network file system, a disk that
+throttles writes), placement moves to the worker thread for the rest of the run. With
+``fsync`` it is always in the thread (each flush waits for the disk), and so it is with
+the setting ``sink_in_thread`` (for a service whose loop must never wait for the disk).
+Parts over 1 MiB were already streamed to their temporary files from worker threads
 (:mod:`~kheops_async.engine.receiving`); only their rename and record happen here.
 
 Batches of big parts (averaging 256 KB or more) used to go to the worker thread, where
