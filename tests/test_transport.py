@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio.sslproto
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,16 +256,25 @@ async def test_an_ipv6_server_is_named_in_brackets_in_the_connect(ca_bundle: Pat
 
 
 async def test_https_server_through_an_https_proxy(
-    https_server: str, ca_bundle: Path, authority: trustme.CA, proxy: LoopbackProxy
+    https_server: str,
+    ca_bundle: Path,
+    authority: trustme.CA,
+    proxy: LoopbackProxy,
+    anyio_backend: str,
 ) -> None:
-    """TLS with the proxy, and TLS with the server inside it (both checked)."""
+    """TLS with the proxy, and TLS with the server inside it (both checked).
+
+    asyncio can start TLS inside TLS from Python 3.11 only: before, a clear error.
+    """
     with https_front(proxy.port, authority) as tls_proxy:
         proxy_url = f"https://127.0.0.1:{tls_proxy.port}"
-        count = await study_count(
-            https_server, verify=str(ca_bundle), proxy=proxy_url, trust_env=False
-        )
-    assert count == len(STUDIES)
-    assert [c.method for c in proxy.connections] == ["CONNECT"]
+        options: dict[str, Any] = {"verify": str(ca_bundle), "proxy": proxy_url}
+        if anyio_backend == "asyncio" and sys.version_info < (3, 11):
+            with pytest.raises(TransportError, match="TLS inside TLS"):
+                await study_count(https_server, trust_env=False, **options)
+        else:
+            assert await study_count(https_server, trust_env=False, **options) == len(STUDIES)
+    assert proxy.connections and {c.method for c in proxy.connections} == {"CONNECT"}
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -276,7 +286,8 @@ async def test_tls_inside_tls_the_loop_cannot_do_is_a_connect_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As under Python 3.10, whose asyncio cannot start TLS on a TLS transport."""
-    monkeypatch.delattr(asyncio.sslproto._SSLProtocolTransport, "_start_tls_compatible")
+    transport_class = asyncio.sslproto._SSLProtocolTransport
+    monkeypatch.delattr(transport_class, "_start_tls_compatible", raising=False)  # 3.11+
     with https_front(proxy.port, authority) as tls_proxy:
         proxy_url = f"https://127.0.0.1:{tls_proxy.port}"
         with pytest.raises(TransportError, match="TLS inside TLS"):
