@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import selectors
 import socket
 import ssl
 import threading
@@ -70,6 +71,59 @@ def _pump(client: socket.socket, upstream: socket.socket, first: bytes = b"") ->
     finally:
         upstream.close()
         client.close()
+
+
+def _pump_tls(tls: ssl.SSLSocket, upstream: socket.socket) -> None:
+    """Relay both ways from one thread, as :func:`_pump` does with two.
+
+    An ``SSLSocket`` must not be read in one thread while written in another (OpenSSL's
+    connection state is not shared safely): TLS records then come out corrupted, which
+    showed as a peer's "decode error" alert when TLS ran inside this relay's TLS.
+    """
+    with selectors.DefaultSelector() as selector:
+        for sock in (tls, upstream):
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        reading = {tls, upstream}
+        try:
+            while reading and (events := selector.select(_TIMEOUT)):
+                for key, _ in events:
+                    source = key.fileobj
+                    assert isinstance(source, socket.socket)
+                    sink = upstream if source is tls else tls
+                    if not _relay_ready(source, sink):
+                        reading.discard(source)
+                        selector.unregister(source)
+                        with contextlib.suppress(OSError):
+                            sink.shutdown(socket.SHUT_WR)
+        finally:
+            upstream.close()
+            tls.close()
+
+
+def _relay_ready(source: socket.socket, sink: socket.socket) -> bool:
+    """Copy what ``source`` has ready (a TLS socket: every decrypted byte) to ``sink``.
+
+    Returns False at ``source``'s end (or an error).
+    """
+    while True:
+        try:
+            data = source.recv(256 * 1024)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        sink.settimeout(_TIMEOUT)
+        try:
+            sink.sendall(data)
+        except OSError:
+            return False
+        finally:
+            sink.setblocking(False)
+        if not isinstance(source, ssl.SSLSocket) or not source.pending():
+            return True
 
 
 class _Listener:
@@ -214,7 +268,7 @@ class TlsFront(_Listener):
             conn.close()
             return
         upstream = socket.create_connection(("127.0.0.1", self.backend_port), timeout=_TIMEOUT)
-        _pump(tls, upstream)
+        _pump_tls(tls, upstream)
 
 
 def https_front(backend_port: int, authority: trustme.CA) -> TlsFront:
