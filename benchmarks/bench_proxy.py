@@ -56,7 +56,7 @@ def httpcore_tunnel(transport: KheopsTransport, key: object) -> httpcore.AsyncCo
     pool = OURS(transport, key)
     if not isinstance(pool, TunnelConnectionPool):
         return pool
-    proxy = pool._tunnel_through.origin
+    proxy = pool._route.origin
     limits = transport._limits
     return httpcore.AsyncHTTPProxy(
         proxy_url=httpcore.URL(scheme=proxy.scheme, host=proxy.host, port=proxy.port, target=b"/"),

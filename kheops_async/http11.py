@@ -12,11 +12,12 @@ goes through h11, event by event, as in httpcore.
 
 :class:`DirectConnectionPool` is httpcore's pool with :meth:`create_connection`
 returning :class:`Http11Connection`: the pool's queueing, limits, keep-alive expiry
-and error handling are httpcore's. :class:`TunnelConnectionPool` does the same for
-``https://`` origins behind an HTTP proxy, each :class:`TunnelConnection` opening a
-``CONNECT`` tunnel and running an :class:`Http11Connection` inside it; ``http://``
-origins behind a forwarding proxy keep httpcore's own connections
-(``httpcore.AsyncHTTPProxy``). No HTTP/2, no upgrades, no ``trace`` extension.
+and error handling are httpcore's. Behind an HTTP proxy, :class:`TunnelConnectionPool`
+does the same for ``https://`` origins, each :class:`TunnelConnection` opening a
+``CONNECT`` tunnel and running an :class:`Http11Connection` inside it, and
+:class:`ForwardConnectionPool` for ``http://`` origins, each :class:`ForwardConnection`
+sending its requests to the proxy in absolute form. No HTTP/2, no upgrades, no
+``trace`` extension.
 
 A connection is reused only after a complete answer with keep-alive (HTTP/1.1, no
 ``Connection: close`` either way, RFC 9112 section 9.3), with its request fully
@@ -34,7 +35,15 @@ import anyio
 import h11
 import httpcore
 
-__all__ = ["DirectConnectionPool", "Http11Connection", "TunnelConnection", "TunnelConnectionPool"]
+__all__ = [
+    "DirectConnectionPool",
+    "ForwardConnection",
+    "ForwardConnectionPool",
+    "Http11Connection",
+    "ProxyConnectionPool",
+    "TunnelConnection",
+    "TunnelConnectionPool",
+]
 
 READ_BYTES = 64 * 1024
 """Asked of the network stream per read, as httpcore asks: the transport's stream
@@ -73,11 +82,11 @@ class DirectConnectionPool(httpcore.AsyncConnectionPool):
         return Http11Connection(origin, backend, ssl_context, keepalive_expiry)
 
 
-class TunnelConnectionPool(DirectConnectionPool):
-    """The pool for ``https://`` origins behind an HTTP proxy: :class:`TunnelConnection` s.
+class ProxyConnectionPool(DirectConnectionPool):
+    """httpcore's pool for origins behind an HTTP proxy: what the two kinds below share.
 
     ``proxy_url``: the proxy (``http://`` or ``https://``, then ``proxy_ssl_context``);
-    ``proxy_headers``: sent with each ``CONNECT`` (``Proxy-Authorization``);
+    ``proxy_headers``: sent to the proxy (``Proxy-Authorization``);
     ``pool_settings``: as :class:`DirectConnectionPool`'s.
     """
 
@@ -90,17 +99,29 @@ class TunnelConnectionPool(DirectConnectionPool):
         **pool_settings: Any,
     ) -> None:
         super().__init__(**pool_settings)
-        self._tunnel_through = _Proxy(proxy_url.origin, proxy_headers, proxy_ssl_context)
+        self._route = _Proxy(proxy_url.origin, proxy_headers, proxy_ssl_context)
+
+
+class TunnelConnectionPool(ProxyConnectionPool):
+    """For ``https://`` origins: :class:`TunnelConnection` s (the headers go with each
+    ``CONNECT``)."""
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
         ssl_context, keepalive_expiry, backend = self._connection_settings
-        return TunnelConnection(
-            origin, self._tunnel_through, backend, ssl_context, keepalive_expiry
-        )
+        return TunnelConnection(origin, self._route, backend, ssl_context, keepalive_expiry)
+
+
+class ForwardConnectionPool(ProxyConnectionPool):
+    """For ``http://`` origins: :class:`ForwardConnection` s (the headers go with every
+    request)."""
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        _ssl_context, keepalive_expiry, backend = self._connection_settings
+        return ForwardConnection(origin, self._route, backend, keepalive_expiry)
 
 
 class _Proxy:
-    """Where a tunnel is asked for: the proxy's origin, its headers, its TLS context."""
+    """A proxy as its connections need it: its origin, its headers, its TLS context."""
 
     __slots__ = ("headers", "origin", "ssl_context")
 
@@ -219,6 +240,67 @@ class TunnelConnection(httpcore.AsyncConnectionInterface):
         if self._connection is None:
             return "CONNECTION FAILED" if self._failed else "CONNECTING"
         return f"{self._connection.info()}, through {self._proxy.origin}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} [{self.info()}]>"
+
+
+class ForwardConnection(httpcore.AsyncConnectionInterface):
+    """Requests for ``origin`` sent to a forwarding proxy, over an :class:`Http11Connection`.
+
+    Each request goes in absolute form (RFC 9112 section 3.2.2: ``GET http://host/path``)
+    with the proxy's headers, those the request has itself left out, as httpcore's own
+    forwarding connection does; the proxy's answer is the request's.
+    """
+
+    def __init__(
+        self,
+        origin: httpcore.Origin,
+        proxy: _Proxy,
+        backend: httpcore.AsyncNetworkBackend,
+        keepalive_expiry: float | None = None,
+    ) -> None:
+        self._origin = origin
+        self._proxy = proxy
+        self._connection = Http11Connection(
+            proxy.origin, backend, proxy.ssl_context, keepalive_expiry
+        )
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        proxy = self._proxy.origin
+        own = {name.lower() for name, _ in request.headers}
+        headers = [(n, v) for n, v in self._proxy.headers if n.lower() not in own]
+        forwarded = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=proxy.scheme, host=proxy.host, port=proxy.port, target=bytes(request.url)
+            ),
+            headers=[*headers, *request.headers],
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        return await self._connection.handle_async_request(forwarded)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self._origin
+
+    def is_available(self) -> bool:
+        return self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        return self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def info(self) -> str:
+        return f"{self._connection.info()}, for {self._origin}"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} [{self.info()}]>"

@@ -10,9 +10,8 @@ per call about 590 MB/s under asyncio and 900 MB/s under trio
 Under asyncio the connections are :mod:`~kheops_async.asyncio_stream`'s, on asyncio's
 own transports: anyio's stream in between cost about a tenth of a download's CPU.
 Requests go over :mod:`~kheops_async.http11`'s HTTP/1.1 connections, whose bodies
-skip h11's receive buffer and httpcore's per-chunk layers: direct ones, and
-``https://`` ones through a proxy's ``CONNECT`` tunnel (``http://`` origins behind a
-forwarding proxy keep httpcore's connections).
+skip h11's receive buffer and httpcore's per-chunk layers: direct ones, ``https://``
+ones through a proxy's ``CONNECT`` tunnel, and ``http://`` ones forwarded by a proxy.
 
 Nothing global is changed: :class:`LargeReadBackend` is an httpcore
 ``AsyncNetworkBackend`` given to pools built here, and :class:`KheopsTransport`
@@ -55,7 +54,11 @@ import httpx
 
 from kheops_async.asyncio_stream import AsyncioBackend
 from kheops_async.connect_ahead import ConnectionsAhead
-from kheops_async.http11 import DirectConnectionPool, TunnelConnectionPool
+from kheops_async.http11 import (
+    DirectConnectionPool,
+    ForwardConnectionPool,
+    TunnelConnectionPool,
+)
 
 __all__ = [
     "READ_SIZE",
@@ -385,8 +388,8 @@ class KheopsTransport(httpx.AsyncBaseTransport):
         return pool
 
     def _make_pool(self, key: _PoolKey) -> httpcore.AsyncConnectionPool:
-        """:mod:`~kheops_async.http11`'s connections, direct or through a ``CONNECT`` tunnel;
-        ``http://`` origins behind a forwarding proxy keep httpcore's."""
+        """:mod:`~kheops_async.http11`'s connections: direct, through a proxy's ``CONNECT``
+        tunnel (``https://``) or forwarded by it (``http://``)."""
         tls = self.ssl_context() if key.scheme == "https" else None
         sizes: dict[str, Any] = {
             "max_connections": self._limits.max_connections,
@@ -414,11 +417,11 @@ class KheopsTransport(httpx.AsyncBaseTransport):
                 ssl_context=tls,
                 **sizes,
             )
-        return httpcore.AsyncHTTPProxy(  # forwarding: httpcore's connections
+        return ForwardConnectionPool(  # http://: requests forwarded by the proxy
             proxy_url=proxy_url,
-            proxy_auth=auth,
-            ssl_context=tls,
+            proxy_headers=_proxy_authorization(auth),
             proxy_ssl_context=proxy_tls,
+            ssl_context=None,
             **sizes,
         )
 

@@ -25,7 +25,12 @@ from proxies import LoopbackProxy, https_front
 
 from kheops_async import AuthenticationError, DicomWebClient, Targets, TransportError, download
 from kheops_async.cli import main
-from kheops_async.http11 import TunnelConnection, TunnelConnectionPool
+from kheops_async.http11 import (
+    ForwardConnection,
+    ForwardConnectionPool,
+    TunnelConnection,
+    TunnelConnectionPool,
+)
 from kheops_async.transport import (
     READ_SIZE,
     KheopsTransport,
@@ -162,6 +167,24 @@ async def test_http_server_through_a_forwarding_proxy(
     assert await study_count(server.base_url, proxy=proxy.url) == len(STUDIES)
     assert proxy.connections
     first = proxy.connections[0]
+    assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
+
+
+async def test_forwarded_requests_are_kept_alive_over_our_own_connections(
+    server: FakeDicomWebServer, proxy: LoopbackProxy
+) -> None:
+    transport = KheopsTransport(proxy=proxy.url, trust_env=False)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, headers=headers) as client:
+        for _ in range(3):
+            response = await client.get(f"{server.base_url}/studies")
+            assert response.status_code == 200 and len(response.json()) == len(STUDIES)
+        pools = list(transport._pools.values())
+        assert len(pools) == 1 and isinstance(pools[0], ForwardConnectionPool)
+        (connection,) = pools[0].connections
+        assert isinstance(connection, ForwardConnection) and connection.is_idle()
+        assert "Request Count: 3" in connection.info()
+    (first,) = proxy.connections  # one connection to the proxy, three requests
     assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
 
 
