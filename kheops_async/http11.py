@@ -270,10 +270,12 @@ class ForwardConnection(httpcore.AsyncConnectionInterface):
         proxy = self._proxy.origin
         own = {name.lower() for name, _ in request.headers}
         headers = [(n, v) for n, v in self._proxy.headers if n.lower() not in own]
+        url = request.url  # absolute, an IPv6 address in brackets (httpcore's bytes(url) has none)
+        absolute = b"%b://%b%b" % (url.scheme, _authority(url.origin), url.target)
         forwarded = httpcore.Request(
             method=request.method,
             url=httpcore.URL(
-                scheme=proxy.scheme, host=proxy.host, port=proxy.port, target=bytes(request.url)
+                scheme=proxy.scheme, host=proxy.host, port=proxy.port, target=absolute
             ),
             headers=[*headers, *request.headers],
             content=request.stream,

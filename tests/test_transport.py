@@ -188,6 +188,17 @@ async def test_forwarded_requests_are_kept_alive_over_our_own_connections(
     assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
 
 
+async def test_an_ipv6_server_is_named_in_brackets_in_a_forwarded_request() -> None:
+    with LoopbackProxy(credentials=("hospital", PROXY_PASSWORD)) as guarded:
+        transport = KheopsTransport(proxy=guarded.url, trust_env=False)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get("http://[::1]:8042/studies?limit=1")
+    assert response.status_code == 407  # the proxy's answer, before any upstream
+    (forwarded,) = guarded.connections
+    assert (forwarded.method, forwarded.target) == ("GET", "http://[::1]:8042/studies?limit=1")
+    assert forwarded.host == "[::1]:8042"
+
+
 async def test_https_server_through_a_connect_tunnel(
     https_server: str, ca_bundle: Path, proxy: LoopbackProxy, tmp_path: Path
 ) -> None:
