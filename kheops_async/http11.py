@@ -1,4 +1,4 @@
-"""HTTP/1.1 connections whose response bodies are read past h11, for direct connections.
+"""HTTP/1.1 connections whose response bodies are read past h11, direct or via a proxy.
 
 Why it exists: on the 200 x 525 KB series, with the stream of
 :mod:`~kheops_async.asyncio_stream` under it, h11's receive buffer and events and

@@ -405,23 +405,15 @@ class KheopsTransport(httpx.AsyncBaseTransport):
                 f"proxy scheme {proxy.scheme!r} is not supported (use an http:// proxy)"
             )
         auth = (proxy.username, proxy.password) if proxy.username else None
-        proxy_url = httpcore.URL(
-            scheme=proxy.raw_scheme, host=proxy.raw_host, port=proxy.port, target=proxy.raw_path
-        )
-        proxy_tls = self.ssl_context() if proxy.scheme == "https" else None
-        if key.scheme == "https":  # a CONNECT tunnel, over our own connections
-            return TunnelConnectionPool(
-                proxy_url=proxy_url,
-                proxy_headers=_proxy_authorization(auth),
-                proxy_ssl_context=proxy_tls,
-                ssl_context=tls,
-                **sizes,
-            )
-        return ForwardConnectionPool(  # http://: requests forwarded by the proxy
-            proxy_url=proxy_url,
+        # https://: a CONNECT tunnel; http://: requests forwarded by the proxy
+        pool = TunnelConnectionPool if key.scheme == "https" else ForwardConnectionPool
+        return pool(
+            proxy_url=httpcore.URL(
+                scheme=proxy.raw_scheme, host=proxy.raw_host, port=proxy.port, target=proxy.raw_path
+            ),
             proxy_headers=_proxy_authorization(auth),
-            proxy_ssl_context=proxy_tls,
-            ssl_context=None,
+            proxy_ssl_context=self.ssl_context() if proxy.scheme == "https" else None,
+            ssl_context=tls,
             **sizes,
         )
 
