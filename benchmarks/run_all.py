@@ -55,8 +55,9 @@ import httpx  # noqa: E402
 
 from benchmarks.datasets import SCENARIOS, Case, DataGroup, groups_for, load_group  # noqa: E402
 from benchmarks.discard import Graveyard, settled_creation_cost_us  # noqa: E402
-from benchmarks.targets import evaluate_targets, tool_summary  # noqa: E402
+from benchmarks.targets import evaluate_targets, floor_rows, tool_summary  # noqa: E402
 from benchmarks.tools import (  # noqa: E402
+    STACK_MODULES,
     TOOL_ENVIRONMENT,
     RunResult,
     Tool,
@@ -70,6 +71,7 @@ from benchmarks.tools import (  # noqa: E402
     plain_python_loop,
     run_measured,
     time_console_script,
+    time_stack_import,
 )
 from kheops_async import DEFAULT_CONCURRENCY  # noqa: E402
 from kheops_async.demo import OrthancServer, running_orthanc  # noqa: E402
@@ -79,6 +81,7 @@ MB = 1e6
 BACKENDS = ("asyncio", "trio")
 """The library runner's anyio backends, each measured in every case."""
 STARTUP_RUNS = 7
+STACK_RUNS = 15
 PARSER_BASELINE = "525b3db48425601b2e598140fb660fd3c01f21a4"
 """The library of the 2026-12-01 full run (RESULTS.md): "today" for the parser target."""
 PARSER_ROUNDS = 4
@@ -568,6 +571,36 @@ def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
     return _table(f"Targets ({met} of {len(targets)} met)", "case | target | measured: | met", rows)
 
 
+def _design_floor_table(cases: dict[str, Any], stack: dict[str, Any] | None) -> list[str]:
+    """Each command target's time against the floor of the design's stack (floor_rows)."""
+    if not stack or "stack_s" not in stack:
+        return []
+    rows = [
+        f"| {r['case']} | {r['target']} | {r['target_s']:.3f} | {r['command_s']:.3f} "
+        f"| {r['plain_s']:.3f} + {r['stack_s']:.3f} = {r['floor_s']:.3f} "
+        f"| {'yes' if r['reachable'] else '**no**'} |"
+        for r in floor_rows(cases, stack["stack_s"])
+    ]
+    if not rows:
+        return []
+    return [
+        *_table(
+            "The command's targets against the floor of the design's stack",
+            "case | target | target's time s: | the command s: "
+            "| floor s (plain loop + stack imports): | floor within the target:",
+            rows,
+        ),
+        "",
+        f"The stack: `import {', '.join(STACK_MODULES)}` adds {stack['stack_s']:.3f} s to "
+        f"`python -c pass` ({stack['pass_s']:.3f} s; median of {len(stack['runs_pass_s'])} "
+        "interleaved runs each). A command built on the design card's packages imports "
+        "them and makes at least the plain loop's system calls, so where the floor "
+        "exceeds the target's time no code of ours meets that target on this machine; "
+        "where it does not, the gap between the command and the floor is ours.",
+        "",
+    ]
+
+
 def _sweep_table(cases: dict[str, Any]) -> list[str]:
     rows = []
     for name, case in cases.items():
@@ -642,6 +675,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_ratios_table(cases),
         *_floor_table(cases),
         *_targets_table(report["targets"]),
+        *_design_floor_table(cases, report.get("stack_import")),
         *_startup_table(report.get("startup")),
         *_sweep_table(cases),
         *_parser_table(report.get("parser")),
@@ -735,6 +769,21 @@ def measure_startup(log_dir: Path) -> dict[str, Any]:
         startup[option] = {"median_s": statistics.median(runs), "runs_s": runs}
         print(f"  {option}: {startup[option]['median_s']:.3f} s", flush=True)
     return startup
+
+
+def measure_stack_import(log_dir: Path) -> dict[str, Any]:
+    """What importing the design card's packages adds to an interpreter's start (median)."""
+    print(f"importing the stack ({', '.join(STACK_MODULES)}) ...", flush=True)
+    try:
+        figures: dict[str, Any] = time_stack_import(STACK_RUNS, log_dir / "stack-import.log")
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    print(
+        f"  python -c pass {figures['pass_s']:.3f} s, with the imports "
+        f"{figures['import_s']:.3f} s: the stack adds {figures['stack_s']:.3f} s",
+        flush=True,
+    )
+    return figures
 
 
 def check_disk(path: Path, group: DataGroup) -> None:
@@ -869,6 +918,7 @@ def main() -> None:
         report["machine"]["creation_us"] = creation_us
         report["machine"]["creation_wait_s"] = waited_s
         report["startup"] = measure_startup(bench.logs)
+        report["stack_import"] = measure_stack_import(bench.logs)
         parser = None
         if not args.no_parser:
             trees = parser_trees(workdir, args.parser_baseline)

@@ -46,6 +46,7 @@ from benchmarks.datasets import Case
 
 __all__ = [
     "ACCEPT",
+    "STACK_MODULES",
     "RunResult",
     "Tool",
     "console_script",
@@ -59,6 +60,7 @@ __all__ = [
     "plain_python_loop",
     "run_measured",
     "time_console_script",
+    "time_stack_import",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -294,6 +296,59 @@ def time_console_script(option: str, runs: int, log_path: Path) -> list[float]:
         if run:
             walls.append(wall)
     return walls
+
+
+STACK_MODULES = (
+    "click",
+    "asyncio",
+    "sqlite3",
+    "anyio",
+    "anyio._backends._asyncio",
+    "httpx",
+    "httpcore",
+    "h11",
+    "tenacity",
+)
+"""What the command imports of the design card's packages and the standard library before
+its first request: the floor of any command built on them, whatever its own code."""
+_UNUSED_BY_THE_COMMAND = ("numpy", "PIL", "requests", "httpx._main", "trio")
+"""Kept out as ``kheops_async.cli.app.console_main`` keeps them out of the command."""
+
+
+def time_stack_import(runs: int, log_path: Path) -> dict[str, float | list[float]]:
+    """Median wall s of an empty ``python -c`` and of one importing :data:`STACK_MODULES`.
+
+    Both run as the tools do (``spawn_measured.py``), interleaved, after one untimed
+    round (bytecode cache); ``stack_s`` is the difference: what importing the design
+    card's stack adds to an interpreter's start, which no code of ours can remove. As in
+    the command, the modules it keeps out (:data:`_UNUSED_BY_THE_COMMAND`) stay out and
+    the process ends with ``os._exit`` (the interpreter's teardown of the imported
+    modules, which the command skips, would add about 40 ms here).
+    """
+    keep_out = "; ".join(f"sys.modules[{name!r}] = None" for name in _UNUSED_BY_THE_COMMAND)
+    imports = ", ".join(STACK_MODULES)
+    snippets = {  # both end as the command does, without the interpreter's teardown
+        "pass": "import os; os._exit(0)",
+        "stack": f"import os, sys; {keep_out}; import {imports}; os._exit(0)",
+    }
+    walls: dict[str, list[float]] = {name: [] for name in snippets}
+    for run in range(runs + 1):
+        for name, snippet in snippets.items():
+            wall, _, _, _, code, _ = run_measured(
+                [sys.executable, "-c", snippet], log_path, timeout=60.0
+            )
+            if code != 0:
+                raise RuntimeError(f"python -c {snippet!r} exited with {code} (see {log_path})")
+            if run:
+                walls[name].append(wall)
+    medians = {name: sorted(w)[len(w) // 2] for name, w in walls.items()}
+    return {
+        "pass_s": medians["pass"],
+        "import_s": medians["stack"],
+        "stack_s": medians["stack"] - medians["pass"],
+        "runs_pass_s": walls["pass"],
+        "runs_import_s": walls["stack"],
+    }
 
 
 def cpu_busy_seconds() -> float:
