@@ -41,6 +41,7 @@ import os
 import select
 import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Iterable
 from typing import Any
 
@@ -280,6 +281,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             self._transport.abort()
             raise httpcore.ConnectError("the server sent data before the TLS handshake")
         loop = asyncio.get_running_loop()
+        _pass_inner_tls_errors_on(self._transport)
         try:
             with anyio.fail_after(timeout):  # (asyncio's own handshake timeout refuses 0)
                 transport = await loop.start_tls(
@@ -449,6 +451,43 @@ async def _addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
 
 def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _pass_inner_tls_errors_on(outer: asyncio.Transport) -> None:
+    """Let a TLS failure inside ``outer``'s TLS reach ``start_tls``, on the Pythons where it cannot.
+
+    In CPython 3.11.0-3.11.7 and 3.12.0-3.12.1 (gh-113214; fixed by python/cpython#113334
+    in 3.11.8 and 3.12.2), a TLS layer wrapped in another reports its fatal errors (a
+    certificate the client does not trust, a failed handshake, a shutdown timeout) through
+    the outer TLS transport's ``_force_close(exc)``, which passes ``exc`` to a method that
+    takes none. A TypeError is raised instead, before the handshake's waiter is told:
+    ``start_tls`` failed with that TypeError (which reads as a loop that cannot do TLS
+    inside TLS), the loop logged the errors of its callbacks, and the certificate error
+    was never shown (``test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error``
+    fails so without this). On those versions, this connection's own outer transport (an
+    https:// proxy's TLS, nothing shared) gets the ``_force_close`` of the fixed versions:
+    the outer layer is unwrapped and its socket closed with the error, so the error reaches
+    the waiter (and, later, a reader) and ``start_tls`` raises it.
+    """
+    if not isinstance(outer, sslproto._SSLProtocolTransport):
+        return
+    if not hasattr(sslproto, "SSLProtocolState"):
+        return  # before 3.11: start_tls refuses a TLS transport anyway
+    if sslproto.SSLProtocol._abort.__code__.co_argcount > 1:
+        return  # a fixed version: _abort takes the error
+
+    internals: Any = sslproto  # typeshed's stubs predate these internals
+
+    def force_close(exc: BaseException | None) -> None:  # 3.11.8's, with its _abort(exc)
+        outer._closed = True
+        layer: Any = outer._ssl_protocol
+        if layer is not None:
+            layer._set_state(internals.SSLProtocolState.UNWRAPPED)
+            if layer._transport is not None:
+                layer._transport._force_close(exc)
+
+    patched: Any = outer  # this transport only, not its class
+    patched._force_close = force_close
 
 
 def _peek_socket(transport: asyncio.Transport) -> bytes | None:

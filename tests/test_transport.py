@@ -311,6 +311,32 @@ async def test_https_server_through_an_https_proxy(
     assert proxy.connections and {c.method for c in proxy.connections} == {"CONNECT"}
 
 
+async def test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error(
+    server: FakeDicomWebServer,
+    ca_bundle: Path,
+    authority: trustme.CA,
+    proxy: LoopbackProxy,
+    anyio_backend: str,
+) -> None:
+    """The proxy's certificate is trusted, the server's is not: the error says so.
+
+    Under CPython 3.11.0-3.11.7 (gh-113214) the inner TLS layer's failure raised a
+    TypeError in asyncio instead, which came out as "needs Python 3.11" and as errors
+    logged by the loop; before 3.11 asyncio cannot start TLS inside TLS at all.
+    """
+    stranger = trustme.CA()  # issued the server's certificate; the bundle trusts only ours
+    with https_front(server.port, stranger) as origin, https_front(proxy.port, authority) as front:
+        options: dict[str, Any] = {"verify": str(ca_bundle), "retry": _no_retry()}
+        options |= {"proxy": f"https://127.0.0.1:{front.port}", "trust_env": False}
+        if anyio_backend == "asyncio" and sys.version_info < (3, 11):
+            expected = "TLS inside TLS"
+        else:
+            expected = r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"
+        with anyio.fail_after(10), pytest.raises(TransportError, match=expected):
+            await study_count(f"https://127.0.0.1:{origin.port}/api", **options)
+    assert [c.method for c in proxy.connections] == ["CONNECT"]
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_tls_inside_tls_the_loop_cannot_do_is_a_connect_error(
     https_server: str,
