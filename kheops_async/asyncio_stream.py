@@ -41,6 +41,7 @@ import os
 import select
 import socket
 import ssl
+import weakref
 from asyncio import sslproto
 from collections.abc import Iterable
 from typing import Any
@@ -453,6 +454,18 @@ def _family(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
+def _inner_tls_errors_are_lost() -> bool:
+    """Whether this CPython has gh-113214 (see :func:`_pass_inner_tls_errors_on`)."""
+    if not hasattr(sslproto, "SSLProtocolState"):
+        return False  # before 3.11: start_tls refuses a TLS transport anyway
+    abort = getattr(getattr(sslproto, "SSLProtocol", None), "_abort", None)
+    code = getattr(abort, "__code__", None)
+    return getattr(code, "co_argcount", 2) == 1  # fixed versions' _abort takes the error
+
+
+_INNER_TLS_ERRORS_ARE_LOST = _inner_tls_errors_are_lost()
+
+
 def _pass_inner_tls_errors_on(outer: asyncio.Transport) -> None:
     """Let a TLS failure inside ``outer``'s TLS reach ``start_tls``, on the Pythons where it cannot.
 
@@ -460,27 +473,28 @@ def _pass_inner_tls_errors_on(outer: asyncio.Transport) -> None:
     in 3.11.8 and 3.12.2), a TLS layer wrapped in another reports its fatal errors (a
     certificate the client does not trust, a failed handshake, a shutdown timeout) through
     the outer TLS transport's ``_force_close(exc)``, which passes ``exc`` to a method that
-    takes none. A TypeError is raised instead, before the handshake's waiter is told:
-    ``start_tls`` failed with that TypeError (which reads as a loop that cannot do TLS
-    inside TLS), the loop logged the errors of its callbacks, and the certificate error
-    was never shown (``test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error``
-    fails so without this). On those versions, this connection's own outer transport (an
-    https:// proxy's TLS, nothing shared) gets the ``_force_close`` of the fixed versions:
-    the outer layer is unwrapped and its socket closed with the error, so the error reaches
-    the waiter (and, later, a reader) and ``start_tls`` raises it.
+    takes none. The TypeError this raises comes out of the inner layer's error handling
+    before the handshake's waiter is told: ``start_tls`` failed with that TypeError (which
+    reads as a loop that cannot do TLS inside TLS), the loop's exception handler got the
+    errors, and the certificate error was never shown
+    (``test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error`` fails so
+    without this). On those versions, this connection's own outer transport (an https://
+    proxy's TLS, nothing shared) gets the ``_force_close`` of the fixed versions: the outer
+    layer is unwrapped and its socket closed with the error. The inner layer's error
+    handling then goes on to hand the error to the waiter, and ``start_tls`` raises it.
+    The replacement holds its transport weakly, so the transport stays free of cycles.
     """
-    if not isinstance(outer, sslproto._SSLProtocolTransport):
+    if not _INNER_TLS_ERRORS_ARE_LOST or not isinstance(outer, sslproto._SSLProtocolTransport):
         return
-    if not hasattr(sslproto, "SSLProtocolState"):
-        return  # before 3.11: start_tls refuses a TLS transport anyway
-    if sslproto.SSLProtocol._abort.__code__.co_argcount > 1:
-        return  # a fixed version: _abort takes the error
-
     internals: Any = sslproto  # typeshed's stubs predate these internals
+    weak_outer = weakref.ref(outer)
 
     def force_close(exc: BaseException | None) -> None:  # 3.11.8's, with its _abort(exc)
-        outer._closed = True
-        layer: Any = outer._ssl_protocol
+        transport: Any = weak_outer()
+        if transport is None:
+            return
+        transport._closed = True
+        layer = transport._ssl_protocol
         if layer is not None:
             layer._set_state(internals.SSLProtocolState.UNWRAPPED)
             if layer._transport is not None:
