@@ -8,6 +8,7 @@ a ``trustme`` certificate.
 from __future__ import annotations
 
 import asyncio.sslproto
+import contextlib
 import ssl
 import sys
 from collections.abc import Iterator
@@ -311,6 +312,24 @@ async def test_https_server_through_an_https_proxy(
     assert proxy.connections and {c.method for c in proxy.connections} == {"CONNECT"}
 
 
+@contextlib.contextmanager
+def _loop_errors_recorded(anyio_backend: str, handled: list[dict[str, Any]]) -> Iterator[None]:
+    """Within the block, what reaches asyncio's exception handler goes to ``handled``.
+
+    The loop's previous handler (the anyio test runner's) is put back after the block.
+    """
+    if anyio_backend != "asyncio":
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: handled.append(context))
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
+
+
 async def test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error(
     server: FakeDicomWebServer,
     ca_bundle: Path,
@@ -326,19 +345,21 @@ async def test_an_untrusted_server_behind_an_https_proxy_is_a_certificate_error(
     start TLS inside TLS at all.
     """
     handled: list[dict[str, Any]] = []
-    if anyio_backend == "asyncio":
-        asyncio.get_running_loop().set_exception_handler(lambda _, context: handled.append(context))
-    stranger = trustme.CA()  # issued the server's certificate; the bundle trusts only ours
-    with https_front(server.port, stranger) as origin, https_front(proxy.port, authority) as front:
-        options: dict[str, Any] = {"verify": str(ca_bundle), "retry": _no_retry()}
-        options |= {"proxy": f"https://127.0.0.1:{front.port}", "trust_env": False}
-        if anyio_backend == "asyncio" and sys.version_info < (3, 11):
-            expected = "TLS inside TLS"
-        else:
-            expected = r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"
-        with anyio.fail_after(10), pytest.raises(TransportError, match=expected):
-            await study_count(f"https://127.0.0.1:{origin.port}/api", **options)
-        await anyio.sleep(0.05)  # what the loop still had to do with the failed layers
+    with _loop_errors_recorded(anyio_backend, handled):
+        stranger = trustme.CA()  # issued the server's certificate; the bundle trusts only ours
+        with (
+            https_front(server.port, stranger) as origin,
+            https_front(proxy.port, authority) as front,
+        ):
+            options: dict[str, Any] = {"verify": str(ca_bundle), "retry": _no_retry()}
+            options |= {"proxy": f"https://127.0.0.1:{front.port}", "trust_env": False}
+            if anyio_backend == "asyncio" and sys.version_info < (3, 11):
+                expected = "TLS inside TLS"
+            else:
+                expected = r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"
+            with anyio.fail_after(10), pytest.raises(TransportError, match=expected):
+                await study_count(f"https://127.0.0.1:{origin.port}/api", **options)
+            await anyio.sleep(0.05)  # what the loop still had to do with the failed layers
     assert [c.method for c in proxy.connections] == ["CONNECT"]
     assert handled == []
 
