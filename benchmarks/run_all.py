@@ -776,7 +776,7 @@ def measure_startup(log_dir: Path) -> dict[str, Any]:
 
 
 def measure_stack_import(log_dir: Path) -> dict[str, Any]:
-    """What importing the design card's packages adds to an interpreter's start (median)."""
+    """What importing the design card's packages adds to an interpreter's start."""
     print(f"importing the stack ({', '.join(STACK_MODULES)}) ...", flush=True)
     try:
         figures: dict[str, Any] = time_stack_import(STACK_RUNS, log_dir / "stack-import.log")

@@ -130,8 +130,10 @@ def floor_rows(cases: dict[str, Any], stack: dict[str, Any] | None) -> list[Row]
     """
     rows: list[Row] = []
     stack_s = (stack or {}).get("fastest_stack_s")
+    if stack_s is None:
+        return rows
     for case, who, versus, goal, _ in THROUGHPUT_GOALS:
-        if who != COMMAND or case not in cases or stack_s is None:
+        if who != COMMAND or case not in cases:
             continue
         ours = tool_summary(cases[case], COMMAND)
         other = tool_summary(cases[case], versus)

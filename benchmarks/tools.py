@@ -36,6 +36,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -348,7 +349,7 @@ def time_stack_import(runs: int, log_path: Path) -> dict[str, float | list[float
                 raise RuntimeError(f"python -c {snippet!r} exited with {code} (see {log_path})")
             if run:
                 walls[name].append(wall)
-    medians = {name: sorted(w)[len(w) // 2] for name, w in walls.items()}
+    medians = {name: statistics.median(w) for name, w in walls.items()}
     return {
         "pass_s": medians["pass"],
         "import_s": medians["stack"],

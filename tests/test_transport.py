@@ -171,20 +171,30 @@ async def test_http_server_through_a_forwarding_proxy(
     assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
 
 
+async def _three_requests_on_one_connection(
+    transport: KheopsTransport, base_url: str, pool_type: type, connection_type: type
+) -> None:
+    """Three study queries through ``transport``: one pool of ``pool_type``, holding one
+    idle ``connection_type`` connection that carried all three."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, headers=headers) as client:
+        for _ in range(3):
+            response = await client.get(f"{base_url}/studies")
+            assert response.status_code == 200 and len(response.json()) == len(STUDIES)
+        pools = list(transport._pools.values())
+        assert len(pools) == 1 and isinstance(pools[0], pool_type)
+        (connection,) = pools[0].connections
+        assert isinstance(connection, connection_type) and connection.is_idle()
+        assert "Request Count: 3" in connection.info()
+
+
 async def test_forwarded_requests_are_kept_alive_over_our_own_connections(
     server: FakeDicomWebServer, proxy: LoopbackProxy
 ) -> None:
     transport = KheopsTransport(proxy=proxy.url, trust_env=False)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(transport=transport, headers=headers) as client:
-        for _ in range(3):
-            response = await client.get(f"{server.base_url}/studies")
-            assert response.status_code == 200 and len(response.json()) == len(STUDIES)
-        pools = list(transport._pools.values())
-        assert len(pools) == 1 and isinstance(pools[0], ForwardConnectionPool)
-        (connection,) = pools[0].connections
-        assert isinstance(connection, ForwardConnection) and connection.is_idle()
-        assert "Request Count: 3" in connection.info()
+    await _three_requests_on_one_connection(
+        transport, server.base_url, ForwardConnectionPool, ForwardConnection
+    )
     (first,) = proxy.connections  # one connection to the proxy, three requests
     assert first.method == "GET" and first.target.startswith(server.origin + "/api/studies")
 
@@ -218,16 +228,9 @@ async def test_a_connect_tunnel_is_kept_alive_over_our_own_connections(
     https_server: str, ca_bundle: Path, proxy: LoopbackProxy
 ) -> None:
     transport = KheopsTransport(verify=str(ca_bundle), proxy=proxy.url, trust_env=False)
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(transport=transport, headers=headers) as client:
-        for _ in range(3):
-            response = await client.get(f"{https_server}/studies")
-            assert response.status_code == 200 and len(response.json()) == len(STUDIES)
-        pools = list(transport._pools.values())
-        assert len(pools) == 1 and isinstance(pools[0], TunnelConnectionPool)
-        (connection,) = pools[0].connections
-        assert isinstance(connection, TunnelConnection) and connection.is_idle()
-        assert "Request Count: 3" in connection.info()
+    await _three_requests_on_one_connection(
+        transport, https_server, TunnelConnectionPool, TunnelConnection
+    )
     assert [c.method for c in proxy.connections] == ["CONNECT"]  # one tunnel, three requests
 
 
