@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from kheops_async.errors import ConfigurationError
+from kheops_async.records import Record
 
 __all__ = [
     "BearerAuth",
@@ -134,11 +135,13 @@ def split_link_url(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme, parts.netloc, path, "", "")), token
 
 
-@dataclass(frozen=True)
-class Redactor:
+class Redactor(Record):
     """Removes secrets from text: given tokens and passwords, link tokens, URL passwords."""
 
-    secrets: tuple[str, ...] = ()
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.secrets = secrets
 
     @classmethod
     def for_secrets(cls, secrets: Iterable[str | None]) -> Redactor:

@@ -37,10 +37,10 @@ Design
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from kheops_async.errors import MultipartError, TruncatedBodyError
+from kheops_async.records import Record
 
 __all__ = [
     "MAX_BOUNDARY_LENGTH",
@@ -68,12 +68,14 @@ MAX_TRANSPORT_PADDING: Final = 1024
 padding"). Real bodies have none; the bound keeps a malformed body from being buffered."""
 
 
-@dataclass(slots=True)
-class PartStart:
+class PartStart(Record):
     """A part begins. ``headers`` holds its header lines in order: names as received,
     values stripped of surrounding whitespace."""
 
-    headers: list[tuple[str, str]]
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of the first header called ``name`` (case-insensitive),
@@ -85,19 +87,22 @@ class PartStart:
         return default
 
 
-@dataclass(slots=True, repr=False)
-class PartData:
+class PartData(Record):
     """The next bytes of the current part's body (never empty)."""
 
-    data: bytes
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
     def __repr__(self) -> str:
         return f"PartData(<{len(self.data)} bytes>)"
 
 
-@dataclass(slots=True, frozen=True)
-class PartEnd:
+class PartEnd(Record):
     """The current part is complete: its delimiter has been seen."""
+
+    __slots__ = ()
 
 
 Event: TypeAlias = PartStart | PartData | PartEnd

@@ -24,6 +24,7 @@ from functools import lru_cache
 from kheops_async.defaults import DEFAULT_PAGE_SIZE
 from kheops_async.dicomjson import DicomRecord, tag_hex
 from kheops_async.errors import ConfigurationError, OffsetIgnoredError
+from kheops_async.records import Record
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -172,13 +173,20 @@ def record_matches(record: DicomRecord, filters: Mapping[str, str], *, fuzzy: bo
     return True
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(Record):
     """One QIDO answer: its records and the paging headers."""
 
-    records: list[DicomRecord]
-    total_count: int | None = None
-    warning: str | None = None
+    __slots__ = ("records", "total_count", "warning")
+
+    def __init__(
+        self,
+        records: list[DicomRecord],
+        total_count: int | None = None,
+        warning: str | None = None,
+    ) -> None:
+        self.records = records
+        self.total_count = total_count
+        self.warning = warning
 
 
 @dataclass

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from kheops_async.records import Record
+
 __all__ = [
     "MAX_KEPT_FAILURES",
     "MAX_TRACKED_SERIES",
@@ -198,21 +200,42 @@ MAX_TRACKED_SERIES = 256
 more than any concurrency a display shows, and a constant memory whatever the archive."""
 
 
-@dataclass
-class SeriesActivity:
-    """What one series has done so far in this run, as its instances are recorded."""
+class SeriesActivity(Record):
+    """What one series has done so far in this run, as its instances are recorded.
 
-    study_uid: str
-    series_uid: str
-    order: int
-    """When the series was first seen (0, 1, 2, ...): keeps displayed lines in place."""
-    done: int = 0
-    """Instances done (written, skipped, planned, metadata saved)."""
-    expected: int | None = None
-    """Instances the listing announced for the series, when it did."""
-    written: int = 0
-    bytes_written: int = 0
-    """Bytes of the instances written (their file sizes)."""
+    ``order``: when the series was first seen (0, 1, 2, ...), which keeps displayed
+    lines in place; ``done``: instances done (written, skipped, planned, metadata
+    saved); ``expected``: instances the listing announced for the series, when it did;
+    ``bytes_written``: bytes of the instances written (their file sizes).
+    """
+
+    __slots__ = (
+        "bytes_written",
+        "done",
+        "expected",
+        "order",
+        "series_uid",
+        "study_uid",
+        "written",
+    )
+
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        order: int,
+        done: int = 0,
+        expected: int | None = None,
+        written: int = 0,
+        bytes_written: int = 0,
+    ) -> None:
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.order = order
+        self.done = done
+        self.expected = expected
+        self.written = written
+        self.bytes_written = bytes_written
 
 
 @dataclass

@@ -45,7 +45,6 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -59,6 +58,7 @@ from kheops_async.http11 import (
     ForwardConnectionPool,
     TunnelConnectionPool,
 )
+from kheops_async.records import Record
 
 __all__ = [
     "READ_SIZE",
@@ -290,12 +290,17 @@ def _has_port(entry: str) -> bool:
     return bool(sep) and tail.isdigit() and (head.endswith("]") or ":" not in head)
 
 
-@dataclass(frozen=True)
-class _PoolKey:
+class _PoolKey(Record):
     """What one pool serves: a scheme, and the proxy URL (its credentials kept out of repr)."""
 
-    scheme: str
-    proxy: str | None = field(repr=False)
+    __slots__ = ("proxy", "scheme")
+
+    def __init__(self, scheme: str, proxy: str | None) -> None:
+        self.scheme = scheme
+        self.proxy = proxy
+
+    def __repr__(self) -> str:
+        return f"_PoolKey(scheme={self.scheme!r})"
 
 
 def _proxy_authorization(auth: tuple[str, str] | None) -> list[tuple[bytes, bytes]]:

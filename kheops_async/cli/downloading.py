@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
@@ -34,6 +33,7 @@ from kheops_async.client import DicomWebClient
 from kheops_async.engine import DownloadSettings, download
 from kheops_async.engine.deletion import Deleted
 from kheops_async.errors import KheopsAsyncError
+from kheops_async.records import Record
 from kheops_async.report import DownloadProgress, DownloadReport
 from kheops_async.shards import Shard
 from kheops_async.targets import Targets
@@ -52,19 +52,41 @@ def _show_would_delete(deleted: Deleted) -> None:
     )
 
 
-@dataclass(frozen=True)
-class DownloadJob:
-    """One ``download`` run: the selection, the engine's settings and the output."""
+class DownloadJob(Record):
+    """One ``download`` run: the selection, the engine's settings and the output.
 
-    kind: Literal["studies", "series", "sync"]
-    selection: Selection
-    output: OutputSettings
-    settings: DownloadSettings = field(default_factory=DownloadSettings)
-    progress_interval: float = DEFAULT_LOG_INTERVAL
-    workers: int = 1
-    """Shard processes (:mod:`~kheops_async.cli.workers`); 1: this process downloads."""
-    connection: ConnectionSettings | None = field(default=None, repr=False)
-    """What each worker connects with (needed when ``workers > 1``)."""
+    ``workers``: Shard processes (:mod:`~kheops_async.cli.workers`); 1: this process downloads.
+    ``connection``: What each worker connects with (needed when ``workers > 1``).
+    """
+
+    __slots__ = (
+        "connection",
+        "kind",
+        "output",
+        "progress_interval",
+        "selection",
+        "settings",
+        "workers",
+    )
+    _hidden_in_repr = ("connection",)
+
+    def __init__(
+        self,
+        kind: Literal["studies", "series", "sync"],
+        selection: Selection,
+        output: OutputSettings,
+        settings: DownloadSettings | None = None,
+        progress_interval: float = DEFAULT_LOG_INTERVAL,
+        workers: int = 1,
+        connection: ConnectionSettings | None = None,
+    ) -> None:
+        self.kind = kind
+        self.selection = selection
+        self.output = output
+        self.settings: DownloadSettings = DownloadSettings() if settings is None else settings
+        self.progress_interval = progress_interval
+        self.workers = workers
+        self.connection = connection
 
     @property
     def table_name(self) -> str:

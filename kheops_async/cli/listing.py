@@ -10,7 +10,6 @@ nothing, give a ``warning:`` line on stderr even at the default verbosity.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import click
 
@@ -30,21 +29,31 @@ from kheops_async.cli.tables import (
 )
 from kheops_async.client import DicomWebClient
 from kheops_async.engine import DEFAULT_CONCURRENCY
+from kheops_async.records import Record
 
 __all__ = ["ListJob"]
 
 log = logging.getLogger("kheops_async.cli")
 
 
-@dataclass(frozen=True)
-class ListJob:
+class ListJob(Record):
     """One ``list`` run: what to list, how to select it, where the table goes."""
 
-    level: Level
-    selection: Selection
-    output: OutputSettings
-    output_format: OutputFormat = "table"
-    concurrency: int = DEFAULT_CONCURRENCY
+    __slots__ = ("concurrency", "level", "output", "output_format", "selection")
+
+    def __init__(
+        self,
+        level: Level,
+        selection: Selection,
+        output: OutputSettings,
+        output_format: OutputFormat = "table",
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.level = level
+        self.selection = selection
+        self.output = output
+        self.output_format = output_format
+        self.concurrency = concurrency
 
     async def run(self, client: DicomWebClient, handler: CliLogHandler) -> ExitCode:
         """Query, print and save; return the exit status."""

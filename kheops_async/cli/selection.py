@@ -18,7 +18,6 @@ level when its parents are explicit UIDs, otherwise the study query (as kheops-c
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -28,6 +27,7 @@ from kheops_async.client import DicomWebClient, QueryPager
 from kheops_async.dicomjson import DicomRecord, tag_hex
 from kheops_async.errors import ConfigurationError, KheopsAsyncError
 from kheops_async.qido import STUDY_LEVEL_KEYS
+from kheops_async.records import Record
 from kheops_async.targets import Targets, read_uid_table
 
 __all__ = [
@@ -110,8 +110,7 @@ def split_filters(
     return study, series
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(Record):
     """The studies, series and filters a command works on.
 
     ``studies`` maps each explicit StudyInstanceUID to the series wanted in it
@@ -120,14 +119,38 @@ class Selection:
     without ``--study-uid``).
     """
 
-    studies: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
-    series_uids: frozenset[str] = frozenset()
-    study_filters: Mapping[str, str] = field(default_factory=dict)
-    series_filters: Mapping[str, str] = field(default_factory=dict)
-    fuzzy: bool = False
-    limit: int | None = None
-    offset: int = 0
-    in_file: Path | None = None
+    __slots__ = (
+        "fuzzy",
+        "in_file",
+        "limit",
+        "offset",
+        "series_filters",
+        "series_uids",
+        "studies",
+        "study_filters",
+    )
+
+    def __init__(
+        self,
+        studies: Mapping[str, frozenset[str] | None] | None = None,
+        series_uids: frozenset[str] = frozenset(),
+        study_filters: Mapping[str, str] | None = None,
+        series_filters: Mapping[str, str] | None = None,
+        fuzzy: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        in_file: Path | None = None,
+    ) -> None:
+        self.studies: Mapping[str, frozenset[str] | None] = dict() if studies is None else studies
+        self.series_uids = series_uids
+        self.study_filters: Mapping[str, str] = dict() if study_filters is None else study_filters
+        self.series_filters: Mapping[str, str] = (
+            dict() if series_filters is None else series_filters
+        )
+        self.fuzzy = fuzzy
+        self.limit = limit
+        self.offset = offset
+        self.in_file = in_file
 
     @classmethod
     def build(
@@ -253,21 +276,25 @@ def paging_level(level: Level, selection: Selection) -> Level:
     return "studies"
 
 
-@dataclass(frozen=True)
-class SeriesRow:
+class SeriesRow(Record):
     """A series with the study it belongs to."""
 
-    study: DicomRecord
-    series: DicomRecord
+    __slots__ = ("series", "study")
+
+    def __init__(self, study: DicomRecord, series: DicomRecord) -> None:
+        self.study = study
+        self.series = series
 
 
-@dataclass(frozen=True)
-class InstanceRow:
+class InstanceRow(Record):
     """An instance with its series and study."""
 
-    study: DicomRecord
-    series: DicomRecord
-    instance: DicomRecord
+    __slots__ = ("instance", "series", "study")
+
+    def __init__(self, study: DicomRecord, series: DicomRecord, instance: DicomRecord) -> None:
+        self.study = study
+        self.series = series
+        self.instance = instance
 
 
 class Finder:

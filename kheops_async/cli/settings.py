@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from kheops_async.client import DEFAULT_TIMEOUT, DicomWebClient
 from kheops_async.engine import DEFAULT_CONCURRENCY
 from kheops_async.errors import ConfigurationError
 from kheops_async.qido import DEFAULT_PAGE_SIZE
+from kheops_async.records import Record
 from kheops_async.retry import RetryPolicy
 
 __all__ = ["ConnectionSettings", "OutputSettings"]
@@ -31,24 +31,58 @@ _PROXY_VARIABLES = tuple(
 log = logging.getLogger("kheops_async.cli")
 
 
-@dataclass(frozen=True)
-class ConnectionSettings:
+class ConnectionSettings(Record):
     """Where the server is and how to talk to it (``--url``, credentials, TLS, ...)."""
 
-    url: str
-    token: str | None = field(default=None, repr=False)
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    basic_token: bool = False
-    album: str | None = None
-    inbox: bool = False
-    ca_bundle: Path | None = None
-    insecure: bool = False
-    proxy: str | None = field(default=None, repr=False)  # may carry a password
-    timeout: float | None = None
-    retries: int = RetryPolicy().attempts - 1
-    concurrency: int = DEFAULT_CONCURRENCY
-    page_size: int = DEFAULT_PAGE_SIZE  # 0: one request per query, no paging
+    __slots__ = (
+        "album",
+        "basic_token",
+        "ca_bundle",
+        "concurrency",
+        "inbox",
+        "insecure",
+        "page_size",
+        "password",
+        "proxy",
+        "retries",
+        "timeout",
+        "token",
+        "url",
+        "user",
+    )
+    _hidden_in_repr = ("token", "password", "proxy")
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        basic_token: bool = False,
+        album: str | None = None,
+        inbox: bool = False,
+        ca_bundle: Path | None = None,
+        insecure: bool = False,
+        proxy: str | None = None,
+        timeout: float | None = None,
+        retries: int = RetryPolicy().attempts - 1,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.user = user
+        self.password = password
+        self.basic_token = basic_token
+        self.album = album
+        self.inbox = inbox
+        self.ca_bundle = ca_bundle
+        self.insecure = insecure
+        self.proxy = proxy  # may carry a password
+        self.timeout = timeout
+        self.retries = retries
+        self.concurrency = concurrency
+        self.page_size = page_size  # 0: one request per query, no paging
 
     def redactor(self) -> Redactor:
         """Redacts the token, the password and a link URL's token from any text."""
@@ -131,16 +165,27 @@ class ConnectionSettings:
         )
 
 
-@dataclass(frozen=True)
-class OutputSettings:
-    """Where results go, how tables are shown and how much is said on stderr."""
+class OutputSettings(Record):
+    """Where results go, how tables are shown and how much is said on stderr.
 
-    out_dir: Path = Path("downloads")
-    dry_run: bool = False
-    verbosity: int = 0
-    quiet: bool = False
-    wide: bool = False
-    """Terminal tables show whole values instead of fitting the terminal's width."""
+    ``wide``: Terminal tables show whole values instead of fitting the terminal's width.
+    """
+
+    __slots__ = ("dry_run", "out_dir", "quiet", "verbosity", "wide")
+
+    def __init__(
+        self,
+        out_dir: Path = Path("downloads"),
+        dry_run: bool = False,
+        verbosity: int = 0,
+        quiet: bool = False,
+        wide: bool = False,
+    ) -> None:
+        self.out_dir = out_dir
+        self.dry_run = dry_run
+        self.verbosity = verbosity
+        self.quiet = quiet
+        self.wide = wide
 
     def prepare_out_dir(self) -> None:
         """Create the output directory, or raise :class:`ConfigurationError` if unusable.

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from kheops_async.cli.humanize import duration, megabytes, or_unknown
+from kheops_async.records import Record
 from kheops_async.report import DownloadProgress
 
 __all__ = ["RATE_WINDOW_SECONDS", "RateMeter", "SeriesLine", "Snapshot", "describe"]
@@ -43,30 +43,63 @@ class RateMeter:
         return (bytes_done - first_bytes) / (now - first_time)
 
 
-@dataclass(frozen=True)
-class SeriesLine:
+class SeriesLine(Record):
     """One series in flight: its UID, instances done (of expected), the bytes written."""
 
-    series_uid: str
-    done: int
-    bytes_written: int
-    expected: int | None = None
+    __slots__ = ("bytes_written", "done", "expected", "series_uid")
+
+    def __init__(
+        self,
+        series_uid: str,
+        done: int,
+        bytes_written: int,
+        expected: int | None = None,
+    ) -> None:
+        self.series_uid = series_uid
+        self.done = done
+        self.bytes_written = bytes_written
+        self.expected = expected
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(Record):
     """The display's numbers at one moment; ``None`` totals are not known yet (planning)."""
 
-    series_done: int
-    series_total: int | None
-    instances_done: int
-    instances_expected: int | None
-    bytes_done: int
-    rate: float
-    elapsed: float
-    eta: float | None
-    failures: int = 0
-    in_flight: tuple[SeriesLine, ...] = ()
+    __slots__ = (
+        "bytes_done",
+        "elapsed",
+        "eta",
+        "failures",
+        "in_flight",
+        "instances_done",
+        "instances_expected",
+        "rate",
+        "series_done",
+        "series_total",
+    )
+
+    def __init__(
+        self,
+        series_done: int,
+        series_total: int | None,
+        instances_done: int,
+        instances_expected: int | None,
+        bytes_done: int,
+        rate: float,
+        elapsed: float,
+        eta: float | None,
+        failures: int = 0,
+        in_flight: tuple[SeriesLine, ...] = (),
+    ) -> None:
+        self.series_done = series_done
+        self.series_total = series_total
+        self.instances_done = instances_done
+        self.instances_expected = instances_expected
+        self.bytes_done = bytes_done
+        self.rate = rate
+        self.elapsed = elapsed
+        self.eta = eta
+        self.failures = failures
+        self.in_flight = in_flight
 
     @classmethod
     def of(

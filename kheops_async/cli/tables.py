@@ -19,13 +19,13 @@ import datetime as dt
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from kheops_async.cli.selection import InstanceRow, SeriesRow
 from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.recorder import TABLE_COLUMNS, create_new_file
+from kheops_async.records import Record
 from kheops_async.report import InstanceRecord, InstanceStatus
 
 __all__ = [
@@ -135,15 +135,24 @@ INSTANCE_VIEW = (
 PLAN_VIEW = tuple((c, c) for c in PLAN_COLUMNS)
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(Record):
     """Rows with named columns, the file name stem, and how to show it on a terminal."""
 
-    name: str  # file name stem, e.g. "available_studies"
-    noun: str  # what one row is, plural: "studies"
-    columns: tuple[str, ...]
-    rows: list[Row]
-    view: tuple[tuple[str, str], ...] = field(default=())
+    __slots__ = ("columns", "name", "noun", "rows", "view")
+
+    def __init__(
+        self,
+        name: str,
+        noun: str,
+        columns: tuple[str, ...],
+        rows: list[Row],
+        view: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.name = name  # file name stem, e.g. "available_studies"
+        self.noun = noun  # what one row is, plural: "studies"
+        self.columns = columns
+        self.rows = rows
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.rows)

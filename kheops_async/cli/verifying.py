@@ -8,7 +8,6 @@ printed as it is found; the summary goes to stderr. Exit 0 when the tree is clea
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -18,18 +17,27 @@ from kheops_async.cli.humanize import printable
 from kheops_async.cli.logging_setup import CliLogHandler
 from kheops_async.client import DicomWebClient
 from kheops_async.engine.verify import Problem, verify
+from kheops_async.records import Record
 
 __all__ = ["VerifyJob"]
 
 
-@dataclass(frozen=True)
-class VerifyJob:
+class VerifyJob(Record):
     """One ``verify`` run."""
 
-    out_dir: Path
-    checksum: bool = False
-    query: Mapping[str, str] = field(default_factory=dict)
-    quiet: bool = False
+    __slots__ = ("checksum", "out_dir", "query", "quiet")
+
+    def __init__(
+        self,
+        out_dir: Path,
+        checksum: bool = False,
+        query: Mapping[str, str] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.out_dir = out_dir
+        self.checksum = checksum
+        self.query: Mapping[str, str] = dict() if query is None else query
+        self.quiet = quiet
 
     async def run(self, client: DicomWebClient | None, handler: CliLogHandler) -> ExitCode:
         """Verify, print each problem as it is found, then the summary; the exit status."""

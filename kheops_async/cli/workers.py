@@ -32,7 +32,7 @@ import pickle
 import queue
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from kheops_async.cli.logging_setup import HTTP_LOGGERS
 from kheops_async.cli.settings import ConnectionSettings
 from kheops_async.engine import DownloadSettings, download
 from kheops_async.errors import KheopsAsyncError
+from kheops_async.records import Record
 from kheops_async.report import (
     DownloadProgress,
     DownloadReport,
@@ -73,31 +74,65 @@ class WorkerFailedError(KheopsAsyncError):
         return (type(self), (str(self), self.exit_code))
 
 
-@dataclass(frozen=True)
-class WorkerTask:
-    """Everything worker ``index`` of ``count`` needs (pickled to it)."""
+class WorkerTask(Record):
+    """Everything worker ``index`` of ``count`` needs (pickled to it).
 
-    index: int
-    count: int
-    connection: ConnectionSettings = field(repr=False)
-    targets: Targets
-    destination: Path
-    settings: DownloadSettings
-    log_level: int
-    http_logs: bool = False
-    """``-vvv``: the HTTP libraries' records too."""
+    ``http_logs``: ``-vvv``: the HTTP libraries' records too.
+    """
+
+    __slots__ = (
+        "connection",
+        "count",
+        "destination",
+        "http_logs",
+        "index",
+        "log_level",
+        "settings",
+        "targets",
+    )
+    _hidden_in_repr = ("connection",)
+
+    def __init__(
+        self,
+        index: int,
+        count: int,
+        connection: ConnectionSettings,
+        targets: Targets,
+        destination: Path,
+        settings: DownloadSettings,
+        log_level: int,
+        http_logs: bool = False,
+    ) -> None:
+        self.index = index
+        self.count = count
+        self.connection = connection
+        self.targets = targets
+        self.destination = destination
+        self.settings = settings
+        self.log_level = log_level
+        self.http_logs = http_logs
 
 
-@dataclass
-class _WorkerState:
+class _WorkerState(Record):
     """What the parent knows of one worker."""
 
-    process: Any
-    progress: dict[str, Any] = field(default_factory=dict)
-    in_flight: list[SeriesActivity] = field(default_factory=list)
-    report: DownloadReport | None = None
-    error: BaseException | None = None
-    finished: bool = False
+    __slots__ = ("error", "finished", "in_flight", "process", "progress", "report")
+
+    def __init__(
+        self,
+        process: Any,
+        progress: dict[str, Any] | None = None,
+        in_flight: list[SeriesActivity] | None = None,
+        report: DownloadReport | None = None,
+        error: BaseException | None = None,
+        finished: bool = False,
+    ) -> None:
+        self.process = process
+        self.progress: dict[str, Any] = dict() if progress is None else progress
+        self.in_flight: list[SeriesActivity] = list() if in_flight is None else in_flight
+        self.report = report
+        self.error = error
+        self.finished = finished
 
 
 # -- the worker process -------------------------------------------------------------------
@@ -326,7 +361,8 @@ def _add_up(states: list[_WorkerState], progress: DownloadProgress) -> None:
     order = 0
     for state in states:
         for activity in state.in_flight:
-            progress.recent[activity.series_uid] = replace(activity, order=order)
+            activity.order = order  # the parent's own copy, unpickled from the worker's
+            progress.recent[activity.series_uid] = activity
             order += 1
     progress.series_seen = order
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,23 +31,54 @@ __all__ = ["RunContext", "is_fatal"]
 T = TypeVar("T")
 
 
-@dataclass
 class RunContext:
-    """One run's shared parts. ``limiter`` bounds every request the run makes."""
+    """One run's shared parts.
 
-    client: DicomWebClient
-    settings: DownloadSettings
-    root: Path
-    limiter: anyio.CapacityLimiter
-    recorder: Recorder
-    breaker: OutageBreaker
-    retry: RetryPolicy
-    temp: TempArea
-    placement: Placement
-    """Where received parts become files, one batch at a time."""
-    journal: Journal | None
-    deletions: DeletionPlan | None = None
-    """``sync --delete``: the candidates gathered while the run goes."""
+    ``limiter`` bounds every request the run makes; ``placement`` is where received
+    parts become files, one batch at a time; ``deletions`` (``sync --delete``) gathers
+    the candidates while the run goes.
+    """
+
+    __slots__ = (
+        "breaker",
+        "client",
+        "deletions",
+        "journal",
+        "limiter",
+        "placement",
+        "recorder",
+        "retry",
+        "root",
+        "settings",
+        "temp",
+    )
+
+    def __init__(
+        self,
+        *,
+        client: DicomWebClient,
+        settings: DownloadSettings,
+        root: Path,
+        limiter: anyio.CapacityLimiter,
+        recorder: Recorder,
+        breaker: OutageBreaker,
+        retry: RetryPolicy,
+        temp: TempArea,
+        placement: Placement,
+        journal: Journal | None,
+        deletions: DeletionPlan | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.root = root
+        self.limiter = limiter
+        self.recorder = recorder
+        self.breaker = breaker
+        self.retry = retry
+        self.temp = temp
+        self.placement = placement
+        self.journal = journal
+        self.deletions = deletions
 
     @property
     def layout(self) -> Layout:

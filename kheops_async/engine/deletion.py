@@ -29,13 +29,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from kheops_async.engine.journal import Journal, JournalEntry
 from kheops_async.engine.state_dir import DestinationLock
 from kheops_async.engine.uid_set import UidSet
 from kheops_async.errors import ConfigurationError
+from kheops_async.records import Record
 from kheops_async.shards import Shard
 
 __all__ = ["LOCK_WAIT_SECONDS", "Deleted", "DeletionPlan", "apply_deletions"]
@@ -46,15 +46,19 @@ LOCK_WAIT_SECONDS = 120.0
 """How long a deletion waits for another journal's lock (held by a run using it)."""
 
 
-@dataclass(frozen=True)
-class Deleted:
+class Deleted(Record):
     """One instance removed (or, in a dry run, to be removed)."""
 
-    path: str
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    reason: str
+    __slots__ = ("path", "reason", "series_uid", "sop_uid", "study_uid")
+
+    def __init__(
+        self, path: str, sop_uid: str, study_uid: str, series_uid: str, reason: str
+    ) -> None:
+        self.path = path
+        self.sop_uid = sop_uid
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.reason = reason
 
 
 class DeletionPlan:

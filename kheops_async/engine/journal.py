@@ -36,11 +36,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kheops_async.errors import StorageError
+from kheops_async.records import Record
 
 __all__ = [
     "COMMIT_ROWS",
@@ -139,29 +139,50 @@ _SERIES_COLUMNS = (
 _STUDY_ENTRIES = f"{_ENTRY_COLUMNS} WHERE study_uid = ?"
 
 
-@dataclass(frozen=True)
-class JournalEntry:
+class JournalEntry(Record):
     """One committed instance, as the journal knows it."""
 
-    path: str
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
+    __slots__ = ("mtime_ns", "path", "series_uid", "sha256", "size", "sop_uid", "study_uid")
+
+    def __init__(
+        self,
+        path: str,
+        sop_uid: str,
+        study_uid: str,
+        series_uid: str,
+        size: int,
+        mtime_ns: int,
+        sha256: str | None = None,
+    ) -> None:
+        self.path = path
+        self.sop_uid = sop_uid
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.sha256 = sha256
 
 
-@dataclass(frozen=True)
-class SeriesRecord:
+class SeriesRecord(Record):
     """One series as a journal records it (see :meth:`Journal.finish_series`)."""
 
-    study_uid: str
-    series_uid: str
-    expected: int | None
-    received: int
-    complete: bool
-    updated_at: float
+    __slots__ = ("complete", "expected", "received", "series_uid", "study_uid", "updated_at")
+
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        expected: int | None,
+        received: int,
+        complete: bool,
+        updated_at: float,
+    ) -> None:
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.expected = expected
+        self.received = received
+        self.complete = complete
+        self.updated_at = updated_at
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> SeriesRecord:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -28,6 +27,7 @@ from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.context import RunContext, is_fatal
 from kheops_async.engine.study_check import STUDY_CHECK_BATCH, check_studies
 from kheops_async.errors import KheopsAsyncError
+from kheops_async.records import Record
 from kheops_async.report import SeriesFailure
 from kheops_async.targets import SERIES_INCLUDEFIELDS, SeriesPlan, Targets
 from kheops_async.uids import is_valid_uid
@@ -48,15 +48,26 @@ STUDY_COUNT_FIELDS = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstanc
 """Asked of the study query (Kheops sends them anyway, Orthanc only when asked)."""
 
 
-@dataclass(frozen=True)
-class _StudyJob:
-    """A study to expand into series: all of them, or the ``wanted`` ones."""
+class _StudyJob(Record):
+    """A study to expand into series: all of them, or the ``wanted`` ones.
 
-    study_uid: str
-    wanted: frozenset[str] | None
-    expected_series: int | None = None
-    explicit: bool = False
-    """Named by the targets (not found by their query): checked against study_filters."""
+    ``explicit``: named by the targets (not found by their query), so checked against
+    ``study_filters``.
+    """
+
+    __slots__ = ("expected_series", "explicit", "study_uid", "wanted")
+
+    def __init__(
+        self,
+        study_uid: str,
+        wanted: frozenset[str] | None,
+        expected_series: int | None = None,
+        explicit: bool = False,
+    ) -> None:
+        self.study_uid = study_uid
+        self.wanted = wanted
+        self.expected_series = expected_series
+        self.explicit = explicit
 
 
 class _SeenSeries:

@@ -15,10 +15,10 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio.to_thread
 
+from kheops_async.records import Record
 from kheops_async.streaming import RetrievedPart
 
 __all__ = [
@@ -38,8 +38,7 @@ LARGE_WRITE_BYTES = 1024 * 1024
 """A large part is written in pieces of at least this size, each from a worker thread."""
 
 
-@dataclass
-class PartBody:
+class PartBody(Record):
     """A part's body as received, before its header is checked and its file finished.
 
     A small part is held in ``chunks`` (as received, not joined); a large part is
@@ -47,13 +46,25 @@ class PartBody:
     Whoever holds a body must either hand it to the sink or :meth:`discard` it.
     """
 
-    index: int
-    content_type: str
-    temp_path: str
-    size: int
-    chunks: list[bytes] | None
-    head: bytes
-    sha256: str | None = None
+    __slots__ = ("chunks", "content_type", "head", "index", "sha256", "size", "temp_path")
+
+    def __init__(
+        self,
+        index: int,
+        content_type: str,
+        temp_path: str,
+        size: int,
+        chunks: list[bytes] | None,
+        head: bytes,
+        sha256: str | None = None,
+    ) -> None:
+        self.index = index
+        self.content_type = content_type
+        self.temp_path = temp_path
+        self.size = size
+        self.chunks = chunks
+        self.head = head
+        self.sha256 = sha256
 
     @property
     def in_memory(self) -> bool:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
@@ -46,6 +45,7 @@ from kheops_async.engine.journal import JournalEntry
 from kheops_async.engine.receiving import PartBody, receive_body
 from kheops_async.engine.sink import Outcome, SeriesRequest
 from kheops_async.errors import IncompleteSeriesError, KheopsAsyncError, StorageError
+from kheops_async.records import Record
 from kheops_async.report import InstanceRecord, InstanceStatus
 from kheops_async.retry import is_retryable, retry_call
 from kheops_async.streaming import MultipartReader
@@ -85,12 +85,14 @@ IDLE_BATCH_MIN_BYTES = 512 * 1024
 """Bytes of small parts that go to an idle sink even before IDLE_BATCH_MIN_PARTS."""
 
 
-@dataclass(frozen=True)
-class _Checked:
+class _Checked(Record):
     """What a look at the files on disk found, in a worker thread."""
 
-    trusted: dict[str, JournalEntry]
-    suspects: set[str]
+    __slots__ = ("suspects", "trusted")
+
+    def __init__(self, trusted: dict[str, JournalEntry], suspects: set[str]) -> None:
+        self.trusted = trusted
+        self.suspects = suspects
 
 
 class SeriesJob:

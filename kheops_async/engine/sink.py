@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kheops_async.dicomfile import PIXEL_DATA_TAG_LE, read_header_values
@@ -41,6 +40,7 @@ from kheops_async.engine.journal import Journal, JournalEntry
 from kheops_async.engine.receiving import PartBody, write_all
 from kheops_async.errors import InvalidDicomError
 from kheops_async.layout import Layout
+from kheops_async.records import Record
 from kheops_async.uids import is_valid_uid
 
 __all__ = ["REPORT_KEYWORDS", "Outcome", "PartSink", "SeriesRequest"]
@@ -57,8 +57,7 @@ REPORT_KEYWORDS = (
 """Header values every part is read for: the checks and the instance table's columns."""
 
 
-@dataclass
-class SeriesRequest:
+class SeriesRequest(Record):
     """What a retrieve asked for, and what of it is already done.
 
     ``done`` holds the SOPInstanceUIDs of the series already in place (parts for them
@@ -66,12 +65,23 @@ class SeriesRequest:
     for them repairs it). Both are only changed on the event loop between batches.
     """
 
-    study_uid: str
-    series_uid: str
-    known_values: dict[str, str]
-    sop_uid: str | None = None
-    done: set[str] = field(default_factory=set)
-    suspects: set[str] = field(default_factory=set)
+    __slots__ = ("done", "known_values", "series_uid", "sop_uid", "study_uid", "suspects")
+
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        known_values: dict[str, str],
+        sop_uid: str | None = None,
+        done: set[str] | None = None,
+        suspects: set[str] | None = None,
+    ) -> None:
+        self.study_uid = study_uid
+        self.series_uid = series_uid
+        self.known_values = known_values
+        self.sop_uid = sop_uid
+        self.done: set[str] = set() if done is None else done
+        self.suspects: set[str] = set() if suspects is None else suspects
 
     def for_instance(self, sop_uid: str) -> SeriesRequest:
         """The same series, asking for one instance (sharing ``done``)."""
@@ -85,16 +95,26 @@ class SeriesRequest:
         )
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one part."""
+class Outcome(Record):
+    """What became of one part: ``status`` is "written", "duplicate" (already done) or "failed"."""
 
-    status: str  # "written", "duplicate" (already done) or "failed"
-    values: dict[str, str]
-    path: str | None = None
-    size: int = 0
-    error: str = ""
-    repaired: bool = False
+    __slots__ = ("error", "path", "repaired", "size", "status", "values")
+
+    def __init__(
+        self,
+        status: str,
+        values: dict[str, str],
+        path: str | None = None,
+        size: int = 0,
+        error: str = "",
+        repaired: bool = False,
+    ) -> None:
+        self.status = status
+        self.values = values
+        self.path = path
+        self.size = size
+        self.error = error
+        self.repaired = repaired
 
 
 class PartSink:

@@ -14,11 +14,11 @@ The check runs in a worker thread, for a batch of studies per call.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kheops_async.engine.journal import Journal
+from kheops_async.records import Record
 
 __all__ = ["STUDY_CHECK_BATCH", "StudyState", "check_studies"]
 
@@ -28,14 +28,18 @@ STUDY_CHECK_BATCH = 100
 StudyStatus = Literal["unchanged", "changed", "new"]
 
 
-@dataclass(frozen=True)
-class StudyState:
-    """What the journals and the tree say about one listed study."""
+class StudyState(Record):
+    """What the journals and the tree say about one listed study.
 
-    study_uid: str
-    status: StudyStatus
-    instances: int
-    """Instances of the study the journals know."""
+    ``instances``: instances of the study the journals know.
+    """
+
+    __slots__ = ("instances", "status", "study_uid")
+
+    def __init__(self, study_uid: str, status: StudyStatus, instances: int) -> None:
+        self.study_uid = study_uid
+        self.status = status
+        self.instances = instances
 
 
 def check_studies(
