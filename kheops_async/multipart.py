@@ -88,11 +88,15 @@ class PartStart(Record):
 
 
 class PartData(Record):
-    """The next bytes of the current part's body (never empty)."""
+    """The next bytes of the current part's body (never empty).
+
+    ``data`` is the fed chunk itself when all of it belongs to the part, else a
+    ``memoryview`` of the slice that does (not a copy: it keeps the chunk alive).
+    """
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
 
     def __repr__(self) -> str:
@@ -237,7 +241,7 @@ class MultipartParser:
             if found >= 0:
                 self._carry = b""
                 if found:
-                    self._emit(probe[:found], events)
+                    self._emit(probe, 0, found, events)
                 return self._end_of_delimiter(pos + found + len(delimiter) - len(carry), events)
             if len(data) - pos < len(delimiter) - 1:
                 # The chunk is too short to decide: keep the still-possible tail.
@@ -245,11 +249,11 @@ class MultipartParser:
                 self._emit_up_to_tail(probe, 0, events)
                 return len(data)
             self._carry = b""
-            self._emit(carry, events)
+            self._emit(carry, 0, len(carry), events)
         found = data.find(delimiter, pos)
         if found >= 0:
             if found > pos:
-                self._emit(data[pos:found], events)
+                self._emit(data, pos, found, events)
             return self._end_of_delimiter(found + len(delimiter), events)
         self._emit_up_to_tail(data, pos, events)
         return len(data)
@@ -267,13 +271,22 @@ class MultipartParser:
                 self._carry = tail
                 end = cr
         if end > pos:
-            self._emit(data if pos == 0 and end == size else data[pos:end], events)
+            self._emit(data, pos, end, events)
 
-    def _emit(self, data: bytes, events: list[Event]) -> None:
-        """Emit part body bytes; discard preamble bytes."""
+    def _emit(self, data: bytes, start: int, end: int, events: list[Event]) -> None:
+        """Emit ``data[start:end]`` as part body bytes, not copied; discard preamble bytes.
+
+        Less than the whole of ``data`` is emitted as a ``memoryview`` of it: slicing
+        bytes copies them, and on a series of 525 KB parts read 1 MiB at a time nearly
+        every byte is in a chunk that also holds a delimiter, so slices copied the whole
+        body once more (11 % of the command's instructions, cachegrind).
+        """
         if self._state == _BODY:
-            self._part_bytes += len(data)
-            events.append(PartData(data))
+            self._part_bytes += end - start
+            if start == 0 and end == len(data):
+                events.append(PartData(data))
+            else:
+                events.append(PartData(memoryview(data)[start:end]))
 
     def _end_of_delimiter(self, pos: int, events: list[Event]) -> int:
         """A delimiter ended at ``pos``: close the current part, if any."""
@@ -318,7 +331,11 @@ class MultipartParser:
         head = self._head  # starts with the CRLF that ended the delimiter line
         start = len(head)
         limit = MAX_HEADER_BYTES + 2
-        head += data[pos : pos + limit - start]
+        # Take up to the empty line when it is in this chunk, else all that may still
+        # be headers (an empty line across the chunks is found in ``head``), as one copy.
+        taken = data.find(_HEADER_BLOCK_END, pos, pos + limit - start)
+        taken = limit - start if taken < 0 else taken + len(_HEADER_BLOCK_END) - pos
+        head += memoryview(data)[pos : pos + taken]
         end = head.find(_HEADER_BLOCK_END, max(0, start - 3))
         if end < 0:
             if len(head) >= limit:

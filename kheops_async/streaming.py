@@ -61,10 +61,20 @@ class RetrievedPart:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
+        async for buffer in self.buffers():
+            yield buffer if type(buffer) is bytes else bytes(buffer)
+
+    async def buffers(self) -> AsyncIterator[bytes | memoryview]:
+        """The body as the parser gives it: network chunks, and ``memoryview`` slices of
+        those shared with the neighbouring parts, never copied.
+
+        For writers that take any buffer (``os.writev``, ``hashlib``): iterating the
+        part itself yields ``bytes``, copying the slices.
+        """
         while not self._done:
             event = await self._reader._next_event()
             if isinstance(event, PartData):
-                yield bytes(event.data) if isinstance(event.data, memoryview) else event.data
+                yield event.data
             elif isinstance(event, PartEnd):
                 self._done = True
             else:

@@ -175,6 +175,25 @@ def test_boundary_split_across_two_chunks() -> None:
         assert collect(events) == [([("A", "1")], b"first"), ([("A", "2")], b"second")]
 
 
+def test_part_bytes_are_views_of_the_fed_chunk_not_copies() -> None:
+    """A part that is a slice of a chunk comes out as a memoryview of that chunk.
+
+    Copying the slices copied each body once more (11 % of the command's instructions
+    on one series of 525 KB parts); a part that is a whole chunk comes out as it is.
+    """
+    body = encode([([("A", "1")], b"first" * 1000), ([("A", "2")], b"second" * 1000)])
+    parser = MultipartParser(BOUNDARY)
+    data = [e.data for e in parser.feed(body) + parser.close() if isinstance(e, PartData)]
+    assert [bytes(d) for d in data] == [b"first" * 1000, b"second" * 1000]
+    assert all(isinstance(d, memoryview) and d.obj is body for d in data)
+    whole = b"x" * 5000
+    parser = MultipartParser(BOUNDARY)
+    parser.feed(body[: body.index(b"first")])
+    (event,) = parser.feed(whole)
+    assert isinstance(event, PartData)
+    assert event.data is whole
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [

@@ -33,6 +33,22 @@ def _multipart(*datas: bytes) -> bytes:
     )
 
 
+async def _received(
+    tmp_path: Path, pieces: list[bytes], *, checksum: bool = False
+) -> tuple[TempArea, list[PartBody]]:
+    """The parts of a multipart body (boundary ``B``) received from ``pieces``, in order."""
+
+    async def receive() -> bytes:
+        return pieces.pop(0) if pieces else b""
+
+    temp = TempArea(tmp_path)
+    temp.prepare()
+    bodies: list[PartBody] = []
+    async for part in MultipartReader(receive, "B"):
+        bodies.append(await receive_body(part, temp.new_path(), checksum=checksum))
+    return temp, bodies
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("first_chunk", [1, 7, 65536])
 async def test_large_and_small_parts_are_placed_byte_for_byte(
@@ -52,14 +68,7 @@ async def test_large_and_small_parts_are_placed_byte_for_byte(
         body[i : i + 65536] for i in range(first_chunk, len(body), 65536)
     ]
 
-    async def receive() -> bytes:
-        return pieces.pop(0) if pieces else b""
-
-    temp = TempArea(tmp_path)
-    temp.prepare()
-    bodies: list[PartBody] = []
-    async for part in MultipartReader(receive, "B"):
-        bodies.append(await receive_body(part, temp.new_path(), checksum=True))
+    temp, bodies = await _received(tmp_path, pieces, checksum=True)
     assert [b.in_memory for b in bodies] == [True, False]
     journal = Journal.open(tmp_path / "journal.sqlite")
     sink = PartSink(tmp_path, Layout(), journal, checksum=True)
@@ -170,3 +179,42 @@ def test_any_error_removes_the_temporary_files(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         sink.commit_batch(bodies, SeriesRequest(instance.study_uid, instance.series_uid, {}))
     assert list(temp.directory.iterdir()) == []
+
+
+def _with_long_header(data: bytes, comment_bytes: int) -> bytes:
+    """``data`` with a TextValue (UT) of ``comment_bytes`` before its pixel data."""
+    dataset = dcmread(io.BytesIO(data))
+    dataset.add_new(0x0040A160, "UT", "x" * comment_bytes)
+    out = io.BytesIO()
+    dataset.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("comment_bytes", [0, 20_000, 100_000])
+async def test_small_parts_sharing_a_network_chunk_keep_their_bytes_and_header(
+    tmp_path: Path, comment_bytes: int
+) -> None:
+    """Parts received as slices of one chunk: headers beyond the first probe are read too.
+
+    The parser hands out memoryviews of the chunk (not copies); the sink reads the
+    header from a copy of the first 8 KiB, then of 64 KiB, then of the whole part.
+    """
+    instances = generate_dataset(
+        patients=1,
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=3,
+        pixel_bytes=30_000,
+    )
+    datas = [_with_long_header(i.data, comment_bytes) for i in instances]
+    pieces = [_multipart(*datas)]  # one chunk: every part is a slice of it
+
+    _, bodies = await _received(tmp_path, pieces)
+    assert all(b.chunks and isinstance(b.chunks[0], memoryview) for b in bodies)
+    sink = PartSink(tmp_path, Layout(), None)
+    first = instances[0]
+    outcomes = sink.commit_batch(bodies, SeriesRequest(first.study_uid, first.series_uid, {}))
+    assert [o.status for o in outcomes] == ["written"] * 3
+    assert [o.values["SOPInstanceUID"] for o in outcomes] == [i.sop_uid for i in instances]
+    assert [Path(o.path).read_bytes() for o in outcomes if o.path] == datas

@@ -14,15 +14,14 @@ download table is streamed by the engine as instances finish (see
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from kheops_async.cli.selection import InstanceRow, SeriesRow
+from kheops_async.csv_rows import csv_line
 from kheops_async.dicomjson import DicomRecord
 from kheops_async.engine.recorder import TABLE_COLUMNS, create_new_file
 from kheops_async.records import Record
@@ -313,12 +312,10 @@ def cell_text(value: Cell) -> str:
 
 def render_csv(table: Table) -> str:
     """The table as CSV text (header line first; multi-values joined with ``\\``)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.columns)
+    lines = [csv_line(table.columns)]
     for row in table.rows:
-        writer.writerow([cell_text(row.get(column)) for column in table.columns])
-    return buffer.getvalue()
+        lines.append(csv_line([cell_text(row.get(column)) for column in table.columns]))
+    return "".join(lines)
 
 
 def render_json(table: Table) -> str:

@@ -41,7 +41,8 @@ LARGE_WRITE_BYTES = 1024 * 1024
 class PartBody(Record):
     """A part's body as received, before its header is checked and its file finished.
 
-    A small part is held in ``chunks`` (as received, not joined); a large part is
+    A small part is held in ``chunks`` (as received, not joined nor copied: bytes, or
+    memoryviews of the network's chunks it shares with its neighbours); a large part is
     already in ``temp_path`` (``chunks`` is ``None``) with its first bytes in ``head``.
     Whoever holds a body must either hand it to the sink or :meth:`discard` it.
     """
@@ -54,7 +55,7 @@ class PartBody(Record):
         content_type: str,
         temp_path: str,
         size: int,
-        chunks: list[bytes] | None,
+        chunks: list[bytes | memoryview] | None,
         head: bytes,
         sha256: str | None = None,
     ) -> None:
@@ -78,7 +79,7 @@ class PartBody(Record):
             os.unlink(self.temp_path)
 
 
-def write_all(fd: int, chunks: list[bytes]) -> None:
+def write_all(fd: int, chunks: list[bytes | memoryview]) -> None:
     """Write every chunk to ``fd`` with as few ``writev`` calls as the kernel allows."""
     views = [memoryview(chunk) for chunk in chunks if chunk]
     while views:
@@ -105,14 +106,14 @@ async def receive_body(
     sha256 is computed as it streams (a small part's is computed by the sink).
     """
     content_type = (part.content_type or "application/dicom").split(";")[0].strip().lower()
-    chunks: list[bytes] = []
+    chunks: list[bytes | memoryview] = []
     size = pending = 0
     fd: int | None = None
     digest = hashlib.sha256() if checksum else None
     head = b""
     done = False
     try:
-        async for chunk in part:
+        async for chunk in part.buffers():
             size += len(chunk)
             pending += len(chunk)
             chunks.append(chunk)
@@ -148,9 +149,9 @@ async def receive_body(
                     os.unlink(temp_path)
 
 
-def _head_of(chunks: list[bytes]) -> bytes:
+def _head_of(chunks: list[bytes | memoryview]) -> bytes:
     """The first :data:`HEADER_PROBE_BYTES` of the chunks (a small join, on the event loop)."""
-    pieces: list[bytes] = []
+    pieces: list[bytes | memoryview] = []
     taken = 0
     for chunk in chunks:
         pieces.append(chunk[: HEADER_PROBE_BYTES - taken])
@@ -160,7 +161,9 @@ def _head_of(chunks: list[bytes]) -> bytes:
     return b"".join(pieces)
 
 
-async def _write_from_thread(fd: int, chunks: list[bytes], digest: hashlib._Hash | None) -> None:
+async def _write_from_thread(
+    fd: int, chunks: list[bytes | memoryview], digest: hashlib._Hash | None
+) -> None:
     """Write (and hash) ``chunks`` in a worker thread: the event loop never blocks on disk."""
 
     def write() -> None:

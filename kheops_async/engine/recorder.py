@@ -12,12 +12,12 @@ same worker-thread call that renames a file into place.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
 from typing import IO
 
+from kheops_async.csv_rows import csv_line
 from kheops_async.engine.deletion import Deleted
 from kheops_async.engine.settings import InstanceCallback
 from kheops_async.engine.study_check import StudyState
@@ -70,46 +70,47 @@ def create_new_file(path: Path) -> tuple[Path, IO[str]]:
 
 
 class InstanceTable:
-    """A CSV file the instance rows are streamed to, as they come."""
+    """A CSV file the instance rows are streamed to, as they come (see
+    :mod:`~kheops_async.csv_rows` for how each row is written)."""
 
     def __init__(self, path: Path, root: Path) -> None:
         self.path = path
         self._root = str(root).rstrip("/") + "/"
         self._handle: IO[str] | None = None
-        self._writer: csv.DictWriter[str] | None = None
         self._flushed = time.monotonic()
 
     def open(self) -> None:
         """Create the file with its header line (see :func:`create_new_file`)."""
         self._open()
 
-    def _open(self) -> csv.DictWriter[str]:
-        if self._writer is not None:
-            return self._writer
-        self.path, self._handle = create_new_file(self.path)
-        writer = csv.DictWriter(self._handle, TABLE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        self._writer = writer
-        return writer
+    def _open(self) -> IO[str]:
+        if self._handle is not None:
+            return self._handle
+        self.path, handle = create_new_file(self.path)
+        handle.write(csv_line(TABLE_COLUMNS))
+        self._handle = handle
+        return handle
 
     def write(self, record: InstanceRecord) -> None:
         """Append one instance's row."""
-        writer = self._writer or self._open()
+        handle = self._handle or self._open()
         path = record.path
-        writer.writerow(
-            {
-                "StudyInstanceUID": record.study_uid,
-                "SeriesInstanceUID": record.series_uid,
-                "SOPInstanceUID": record.sop_uid,
-                "PatientID": record.patient_id,
-                "SeriesDate": record.series_date,
-                "SeriesTime": record.series_time,
-                "Modality": record.modality,
-                "FileSize": "" if record.file_size is None else record.file_size,
-                "Path": path[len(self._root) :] if path.startswith(self._root) else path,
-                "Status": record.status.value,
-                "Error": record.error,
-            }
+        handle.write(
+            csv_line(
+                (
+                    record.study_uid,
+                    record.series_uid,
+                    record.sop_uid,
+                    record.patient_id,
+                    record.series_date,
+                    record.series_time,
+                    record.modality,
+                    "" if record.file_size is None else str(record.file_size),
+                    path[len(self._root) :] if path.startswith(self._root) else path,
+                    record.status.value,
+                    record.error,
+                )
+            )
         )
         if time.monotonic() - self._flushed > FLUSH_SECONDS:
             self.flush()

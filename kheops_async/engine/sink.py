@@ -37,7 +37,7 @@ from pathlib import Path
 
 from kheops_async.dicomfile import PIXEL_DATA_TAG_LE, read_header_values
 from kheops_async.engine.journal import Journal, JournalEntry
-from kheops_async.engine.receiving import PartBody, write_all
+from kheops_async.engine.receiving import HEADER_PROBE_BYTES, PartBody, write_all
 from kheops_async.errors import InvalidDicomError
 from kheops_async.layout import Layout
 from kheops_async.records import Record
@@ -55,6 +55,11 @@ REPORT_KEYWORDS = (
     "SeriesTime",
 )
 """Header values every part is read for: the checks and the instance table's columns."""
+
+SMALL_HEADER_PROBE_BYTES = 8 * 1024
+"""The first bytes of a small part copied to read its header from, before a larger probe:
+most headers end well within them (copying 64 KiB of each 76 KB part of the benchmark's
+archive cost 36 M instructions, 3 % of the command's)."""
 
 
 class SeriesRequest(Record):
@@ -265,13 +270,27 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def _read_small_part_header(chunks: list[bytes], keywords: Sequence[str]) -> dict[str, str]:
-    """Header of a small part: from its first chunk when that holds the whole header."""
+def _read_small_part_header(
+    chunks: list[bytes | memoryview], keywords: Sequence[str]
+) -> dict[str, str]:
+    """Header of a small part: from its first bytes when they hold the whole header.
+
+    Those are the first chunk whole when it is ``bytes``, else (a slice of a network
+    chunk) a copy of its first :data:`SMALL_HEADER_PROBE_BYTES`, then of its first
+    :data:`HEADER_PROBE_BYTES`; the whole part is joined only when its header is in
+    neither.
+    """
     first = chunks[0] if chunks else b""
-    if len(chunks) > 1 and PIXEL_DATA_TAG_LE in first:
-        with contextlib.suppress(InvalidDicomError):
-            return read_header_values(first, keywords)
-    return read_header_values(first if len(chunks) <= 1 else b"".join(chunks), keywords)
+    if type(first) is bytes and len(chunks) == 1:
+        return read_header_values(first, keywords)
+    for size in (SMALL_HEADER_PROBE_BYTES, HEADER_PROBE_BYTES):
+        probe = bytes(first[:size])
+        if PIXEL_DATA_TAG_LE in probe:
+            with contextlib.suppress(InvalidDicomError):
+                return read_header_values(probe, keywords)
+        if len(probe) < size:
+            break
+    return read_header_values(b"".join(chunks), keywords)
 
 
 def _read_large_part_header(head: bytes, temp_path: str, keywords: Sequence[str]) -> dict[str, str]:
