@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from kheops_async.errors import ConfigurationError
-from kheops_async.records import Record
+from kheops_async.records import FrozenPublicRecord, Record
 
 __all__ = [
     "BearerAuth",
@@ -48,8 +48,8 @@ class BearerAuth(httpx.Auth):
         return "BearerAuth(token=***)"
 
 
-@dataclass(frozen=True)
-class Credentials:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class Credentials(FrozenPublicRecord):
     """What the user gave to authenticate; any field may be absent.
 
     ``token`` alone means Bearer; ``username`` and ``password`` mean Basic;
@@ -60,6 +60,19 @@ class Credentials:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     basic_token: bool = False
+
+    def __init__(
+        self,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        basic_token: bool = False,
+    ) -> None:
+        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "basic_token", basic_token)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():

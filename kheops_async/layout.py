@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kheops_async.errors import ConfigurationError
 from kheops_async.keywords import tag_for
+from kheops_async.records import FrozenPublicRecord
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -72,8 +73,8 @@ def _component(value: object) -> str:
     return sanitize_component(value)
 
 
-@dataclass(frozen=True)
-class Layout:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class Layout(FrozenPublicRecord):
     """A validated path template; :meth:`render` fills it for one instance.
 
     The template is split at its last ``/``: the directory part is rendered once per
@@ -90,6 +91,14 @@ class Layout:
     _directories: dict[tuple[object, ...], str] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+
+    def __init__(
+        self,
+        template: str = DEFAULT_LAYOUT,
+    ) -> None:
+        object.__setattr__(self, "template", template)
+        object.__setattr__(self, "_directories", {})
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         names: list[str] = []

@@ -24,7 +24,7 @@ from functools import lru_cache
 from kheops_async.defaults import DEFAULT_PAGE_SIZE
 from kheops_async.dicomjson import DicomRecord, tag_hex
 from kheops_async.errors import ConfigurationError, OffsetIgnoredError
-from kheops_async.records import Record
+from kheops_async.records import PublicRecord, Record
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -189,8 +189,8 @@ class Page(Record):
         self.warning = warning
 
 
-@dataclass
-class QueryResult:
+@dataclass(init=False, repr=False, eq=False)
+class QueryResult(PublicRecord):
     """Every record a query returned, with what the server said about completeness.
 
     ``truncated`` is True when the server held back results the caller did not ask
@@ -202,6 +202,20 @@ class QueryResult:
     truncated: bool = False
     warning: str | None = None
     dropped_by_filter_check: int = 0
+
+    def __init__(
+        self,
+        records: list[DicomRecord] | None = None,
+        total_count: int | None = None,
+        truncated: bool = False,
+        warning: str | None = None,
+        dropped_by_filter_check: int = 0,
+    ) -> None:
+        self.records = [] if records is None else records
+        self.total_count = total_count
+        self.truncated = truncated
+        self.warning = warning
+        self.dropped_by_filter_check = dropped_by_filter_check
 
     def __len__(self) -> int:
         return len(self.records)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from kheops_async.records import Record
+from kheops_async.records import FrozenPublicRecord, PublicRecord, Record
 
 __all__ = [
     "MAX_KEPT_FAILURES",
@@ -43,8 +43,8 @@ class InstanceStatus(str, Enum):
     DELETED = "deleted"  # sync --delete: the server no longer lists it; its file was removed
 
 
-@dataclass(frozen=True)
-class InstanceRecord:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class InstanceRecord(FrozenPublicRecord):
     """One instance of the report (a row of the downloaded-instances table)."""
 
     study_uid: str
@@ -59,9 +59,35 @@ class InstanceRecord:
     status: InstanceStatus = InstanceStatus.WRITTEN
     error: str = ""
 
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        patient_id: str = "",
+        modality: str = "",
+        series_date: str = "",
+        series_time: str = "",
+        file_size: int | None = None,
+        path: str = "",
+        status: InstanceStatus = InstanceStatus.WRITTEN,
+        error: str = "",
+    ) -> None:
+        object.__setattr__(self, "study_uid", study_uid)
+        object.__setattr__(self, "series_uid", series_uid)
+        object.__setattr__(self, "sop_uid", sop_uid)
+        object.__setattr__(self, "patient_id", patient_id)
+        object.__setattr__(self, "modality", modality)
+        object.__setattr__(self, "series_date", series_date)
+        object.__setattr__(self, "series_time", series_time)
+        object.__setattr__(self, "file_size", file_size)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "error", error)
 
-@dataclass(frozen=True)
-class SeriesFailure:
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class SeriesFailure(FrozenPublicRecord):
     """A series that could not be completed, and why."""
 
     study_uid: str
@@ -71,14 +97,30 @@ class SeriesFailure:
     received: int = 0
     missing: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        error: str,
+        expected: int | None = None,
+        received: int = 0,
+        missing: tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "study_uid", study_uid)
+        object.__setattr__(self, "series_uid", series_uid)
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "expected", expected)
+        object.__setattr__(self, "received", received)
+        object.__setattr__(self, "missing", missing)
+
 
 MAX_KEPT_FAILURES = 200
 """Failures a report keeps in memory (series and instances alike); every failure is
 counted, and every one is in the instance table and the journal."""
 
 
-@dataclass
-class SyncTotals:
+@dataclass(init=False, repr=False, eq=False)
+class SyncTotals(PublicRecord):
     """What a sync found, study by study and series by series (counters only).
 
     A study is *unchanged* when the server's instance count and every file of it
@@ -102,6 +144,30 @@ class SyncTotals:
     delete_skipped: str = ""
     """Why ``delete`` removed nothing, when it was asked and did not run."""
 
+    def __init__(
+        self,
+        studies_listed: int = 0,
+        studies_unchanged: int = 0,
+        studies_new: int = 0,
+        studies_changed: int = 0,
+        series_new: int = 0,
+        series_updated: int = 0,
+        series_unchanged: int = 0,
+        instances_in_unchanged_studies: int = 0,
+        deleted: int = 0,
+        delete_skipped: str = "",
+    ) -> None:
+        self.studies_listed = studies_listed
+        self.studies_unchanged = studies_unchanged
+        self.studies_new = studies_new
+        self.studies_changed = studies_changed
+        self.series_new = series_new
+        self.series_updated = series_updated
+        self.series_unchanged = series_unchanged
+        self.instances_in_unchanged_studies = instances_in_unchanged_studies
+        self.deleted = deleted
+        self.delete_skipped = delete_skipped
+
     def summary(self, report: DownloadReport) -> str:
         """One line: studies, series and instances new, repaired or updated, unchanged."""
         new_instances = report.written - report.repaired
@@ -119,8 +185,8 @@ class SyncTotals:
         )
 
 
-@dataclass
-class DownloadReport:
+@dataclass(init=False, repr=False, eq=False)
+class DownloadReport(PublicRecord):
     """The totals of a run and its first failures: its size does not grow with the archive.
 
     Each instance's record goes, as it is done, to the instance table (``table``) and
@@ -152,6 +218,46 @@ class DownloadReport:
     journal_path: Path | None = None
     sync: SyncTotals | None = None
     """Set by a sync (``incremental``): what it found new, changed and unchanged."""
+
+    def __init__(
+        self,
+        failures: list[SeriesFailure] | None = None,
+        failed_instances: list[InstanceRecord] | None = None,
+        series_total: int = 0,
+        series_completed: int = 0,
+        written: int = 0,
+        skipped: int = 0,
+        failed: int = 0,
+        planned: int = 0,
+        metadata_saved: int = 0,
+        repaired: int = 0,
+        series_failed: int = 0,
+        bytes_written: int = 0,
+        seconds: float = 0.0,
+        dry_run: bool = False,
+        stale_partials_removed: int = 0,
+        table_path: Path | None = None,
+        journal_path: Path | None = None,
+        sync: SyncTotals | None = None,
+    ) -> None:
+        self.failures = [] if failures is None else failures
+        self.failed_instances = [] if failed_instances is None else failed_instances
+        self.series_total = series_total
+        self.series_completed = series_completed
+        self.written = written
+        self.skipped = skipped
+        self.failed = failed
+        self.planned = planned
+        self.metadata_saved = metadata_saved
+        self.repaired = repaired
+        self.series_failed = series_failed
+        self.bytes_written = bytes_written
+        self.seconds = seconds
+        self.dry_run = dry_run
+        self.stale_partials_removed = stale_partials_removed
+        self.table_path = table_path
+        self.journal_path = journal_path
+        self.sync = sync
 
     def add_failure(self, failure: SeriesFailure) -> None:
         """Count a failed series (or listing); keep it if the list is not full."""
@@ -238,8 +344,8 @@ class SeriesActivity(Record):
         self.bytes_written = bytes_written
 
 
-@dataclass
-class DownloadProgress:
+@dataclass(init=False, repr=False, eq=False)
+class DownloadProgress(PublicRecord):
     """Live counters of a run; safe to read at any time from the same event loop.
 
     Besides the totals it keeps the activity of the series in flight (from
@@ -264,6 +370,34 @@ class DownloadProgress:
     """The series in flight by SeriesInstanceUID, the most recently active last."""
     series_seen: int = 0
     """Series that have had an instance done so far."""
+
+    def __init__(
+        self,
+        series_total: int = 0,
+        series_done: int = 0,
+        planning_done: bool = False,
+        instances_done: int = 0,
+        instances_expected: int = 0,
+        bytes_done: int = 0,
+        failures: int = 0,
+        started: float | None = None,
+        callback: ProgressCallback | None = None,
+        bytes_written: int = 0,
+        recent: OrderedDict[str, SeriesActivity] | None = None,
+        series_seen: int = 0,
+    ) -> None:
+        self.series_total = series_total
+        self.series_done = series_done
+        self.planning_done = planning_done
+        self.instances_done = instances_done
+        self.instances_expected = instances_expected
+        self.bytes_done = bytes_done
+        self.failures = failures
+        self.started = time.monotonic() if started is None else started
+        self.callback = callback
+        self.bytes_written = bytes_written
+        self.recent = OrderedDict() if recent is None else recent
+        self.series_seen = series_seen
 
     def notify(self) -> None:
         """Tell the callback, if any, that the counters changed."""

@@ -33,6 +33,7 @@ from kheops_async.errors import (
     TransportError,
     TruncatedBodyError,
 )
+from kheops_async.records import FrozenPublicRecord
 
 __all__ = ["RETRYABLE_STATUS_CODES", "RetryPolicy", "is_retryable", "retry_call"]
 
@@ -52,8 +53,8 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, HTTPStatusError) and exc.status_code in RETRYABLE_STATUS_CODES
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class RetryPolicy(FrozenPublicRecord):
     """How many attempts, and the backoff between them (seconds).
 
     ``attempts`` counts the first try: 1 means no retry. The n-th wait is a random
@@ -65,6 +66,19 @@ class RetryPolicy:
     initial_wait: float = 0.5
     max_wait: float = 30.0
     max_retry_after: float = 120.0
+
+    def __init__(
+        self,
+        attempts: int = DEFAULT_ATTEMPTS,
+        initial_wait: float = 0.5,
+        max_wait: float = 30.0,
+        max_retry_after: float = 120.0,
+    ) -> None:
+        object.__setattr__(self, "attempts", attempts)
+        object.__setattr__(self, "initial_wait", initial_wait)
+        object.__setattr__(self, "max_wait", max_wait)
+        object.__setattr__(self, "max_retry_after", max_retry_after)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

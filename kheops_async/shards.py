@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kheops_async.errors import ConfigurationError
+from kheops_async.records import FrozenPublicRecord
 
 __all__ = ["Shard", "shard_of"]
 
@@ -39,12 +40,21 @@ def shard_of(study_uid: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
-@dataclass(frozen=True)
-class Shard:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class Shard(FrozenPublicRecord):
     """Shard ``index`` of ``count``: the studies :func:`shard_of` gives this index."""
 
     index: int
     count: int
+
+    def __init__(
+        self,
+        index: int,
+        count: int,
+    ) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "count", count)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if not 1 <= self.count <= MAX_SHARDS:

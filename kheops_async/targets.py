@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kheops_async.dicomjson import DicomRecord
 from kheops_async.errors import ConfigurationError
+from kheops_async.records import FrozenPublicRecord, PublicRecord
 from kheops_async.uids import validate_uid
 
 __all__ = ["SeriesPlan", "Targets", "read_uid_table"]
@@ -28,8 +29,8 @@ SERIES_INCLUDEFIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class SeriesPlan:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class SeriesPlan(FrozenPublicRecord):
     """One series to download, with what QIDO said about it."""
 
     study_uid: str
@@ -39,6 +40,24 @@ class SeriesPlan:
     modality: str = ""
     series_date: str = ""
     series_time: str = ""
+
+    def __init__(
+        self,
+        study_uid: str,
+        series_uid: str,
+        expected_instances: int | None = None,
+        patient_id: str = "",
+        modality: str = "",
+        series_date: str = "",
+        series_time: str = "",
+    ) -> None:
+        object.__setattr__(self, "study_uid", study_uid)
+        object.__setattr__(self, "series_uid", series_uid)
+        object.__setattr__(self, "expected_instances", expected_instances)
+        object.__setattr__(self, "patient_id", patient_id)
+        object.__setattr__(self, "modality", modality)
+        object.__setattr__(self, "series_date", series_date)
+        object.__setattr__(self, "series_time", series_time)
 
     @classmethod
     def from_record(cls, study_uid: str, record: DicomRecord) -> SeriesPlan:
@@ -67,8 +86,8 @@ class SeriesPlan:
         return {k: v for k, v in values.items() if v}
 
 
-@dataclass
-class Targets:
+@dataclass(init=False, repr=False, eq=False)
+class Targets(PublicRecord):
     """The things to download. Several kinds may be combined; duplicates collapse.
 
     ``query`` is a mapping of study-level QIDO filters; ``series_filters`` apply to
@@ -90,6 +109,29 @@ class Targets:
     only_series: frozenset[str] = frozenset()
     fuzzy: bool = False
     study_filters: Mapping[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        studies: list[str] | None = None,
+        series: list[tuple[str, str]] | None = None,
+        query: Mapping[str, str] | None = None,
+        series_filters: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        only_series: frozenset[str] = frozenset(),
+        fuzzy: bool = False,
+        study_filters: Mapping[str, str] | None = None,
+    ) -> None:
+        self.studies = [] if studies is None else studies
+        self.series = [] if series is None else series
+        self.query = query
+        self.series_filters = {} if series_filters is None else series_filters
+        self.limit = limit
+        self.offset = offset
+        self.only_series = only_series
+        self.fuzzy = fuzzy
+        self.study_filters = {} if study_filters is None else study_filters
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         self.only_series = frozenset(validate_uid(s, "SeriesInstanceUID") for s in self.only_series)

@@ -141,9 +141,9 @@ class Selection(Record):
         offset: int = 0,
         in_file: Path | None = None,
     ) -> None:
-        self.studies: Mapping[str, frozenset[str] | None] = dict() if studies is None else studies
+        self.studies: Mapping[str, frozenset[str] | None] = {} if studies is None else studies
         self.series_uids = series_uids
-        self.study_filters: Mapping[str, str] = dict() if study_filters is None else study_filters
+        self.study_filters: Mapping[str, str] = {} if study_filters is None else study_filters
         self.series_filters: Mapping[str, str] = (
             dict() if series_filters is None else series_filters
         )

@@ -36,7 +36,7 @@ class VerifyJob(Record):
     ) -> None:
         self.out_dir = out_dir
         self.checksum = checksum
-        self.query: Mapping[str, str] = dict() if query is None else query
+        self.query: Mapping[str, str] = {} if query is None else query
         self.quiet = quiet
 
     async def run(self, client: DicomWebClient | None, handler: CliLogHandler) -> ExitCode:

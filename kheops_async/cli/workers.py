@@ -128,8 +128,8 @@ class _WorkerState(Record):
         finished: bool = False,
     ) -> None:
         self.process = process
-        self.progress: dict[str, Any] = dict() if progress is None else progress
-        self.in_flight: list[SeriesActivity] = list() if in_flight is None else in_flight
+        self.progress: dict[str, Any] = {} if progress is None else progress
+        self.in_flight: list[SeriesActivity] = [] if in_flight is None else in_flight
         self.report = report
         self.error = error
         self.finished = finished

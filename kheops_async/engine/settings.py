@@ -13,6 +13,7 @@ from kheops_async.errors import ConfigurationError
 if TYPE_CHECKING:
     from kheops_async.engine.deletion import Deleted
 from kheops_async.layout import Layout
+from kheops_async.records import FrozenPublicRecord
 from kheops_async.report import InstanceRecord
 from kheops_async.retry import RetryPolicy
 from kheops_async.shards import Shard
@@ -38,8 +39,8 @@ MetadataMode = Literal["series", "instance"]
 InstanceCallback = Callable[[InstanceRecord], None]
 
 
-@dataclass(frozen=True)
-class DownloadSettings:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class DownloadSettings(FrozenPublicRecord):
     """How a download runs. Every option of ``download()`` and ``kheops-async download``.
 
     - ``concurrency``: requests in flight at most (``None``: the client's setting).
@@ -91,6 +92,49 @@ class DownloadSettings:
     deep: bool = False
     delete: bool = False
     on_deleted: Callable[[Deleted], None] | None = None
+
+    def __init__(
+        self,
+        concurrency: int | None = None,
+        layout: Layout | None = None,
+        force: bool = False,
+        fsync: bool = False,
+        sink_in_thread: bool = False,
+        checksum: bool = False,
+        connections_ahead: int | None = None,
+        dry_run: bool = False,
+        metadata_only: MetadataMode | None = None,
+        transfer_syntax: str = "*",
+        retry: RetryPolicy | None = None,
+        table: Path | None = None,
+        on_instance: InstanceCallback | None = None,
+        outage_threshold: int = DEFAULT_OUTAGE_THRESHOLD,
+        shard: Shard | None = None,
+        incremental: bool = False,
+        deep: bool = False,
+        delete: bool = False,
+        on_deleted: Callable[[Deleted], None] | None = None,
+    ) -> None:
+        object.__setattr__(self, "concurrency", concurrency)
+        object.__setattr__(self, "layout", Layout() if layout is None else layout)
+        object.__setattr__(self, "force", force)
+        object.__setattr__(self, "fsync", fsync)
+        object.__setattr__(self, "sink_in_thread", sink_in_thread)
+        object.__setattr__(self, "checksum", checksum)
+        object.__setattr__(self, "connections_ahead", connections_ahead)
+        object.__setattr__(self, "dry_run", dry_run)
+        object.__setattr__(self, "metadata_only", metadata_only)
+        object.__setattr__(self, "transfer_syntax", transfer_syntax)
+        object.__setattr__(self, "retry", retry)
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "on_instance", on_instance)
+        object.__setattr__(self, "outage_threshold", outage_threshold)
+        object.__setattr__(self, "shard", shard)
+        object.__setattr__(self, "incremental", incremental)
+        object.__setattr__(self, "deep", deep)
+        object.__setattr__(self, "delete", delete)
+        object.__setattr__(self, "on_deleted", on_deleted)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if isinstance(self.layout, str):
