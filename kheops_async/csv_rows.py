@@ -28,9 +28,10 @@ _NEEDS_QUOTES = re.compile('["\r\n]')
 
 
 def csv_line(values: Sequence[str]) -> str:
-    """``values`` as one CSV row, ended by ``\\n``."""
+    """``values`` as one CSV row, ended by ``\\n`` (a lone empty value is written ``""``,
+    as the csv module does, so that the row is not read back as no row)."""
     line = ",".join(values)
-    if line.count(",") == len(values) - 1 and _NEEDS_QUOTES.search(line) is None:
+    if line and line.count(",") == len(values) - 1 and _NEEDS_QUOTES.search(line) is None:
         return line + "\n"
     quoted = io.StringIO()
     csv.writer(quoted, lineterminator="\r\n").writerow(values)  # quotes \r and \n alike

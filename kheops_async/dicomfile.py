@@ -84,6 +84,18 @@ def read_header_values(source: bytes | Path, keywords: Iterable[str]) -> dict[st
     return _read_with_pydicom(source, pairs, last)
 
 
+def scan_header_values(prefix: bytes, keywords: Iterable[str]) -> dict[str, str] | None:
+    """``keywords`` from the first bytes of a Part-10 file, or ``None`` when unsure.
+
+    Only the fast scan (:mod:`kheops_async.headerscan`) answers here, which walks the
+    elements and gives up on a header cut short by the end of ``prefix``: the caller
+    then reads the whole file or part. (pydicom reads a cut-off header without an
+    error and returns the values it found, so a truncated copy must never reach it.)
+    """
+    pairs, last = _header_tags(tuple(keywords))
+    return _read_explicit_le(prefix, pairs, last)
+
+
 def _file_head(path: Path) -> bytes:
     with open(path, "rb") as fp:
         return fp.read(_HEAD_BYTES)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from kheops_async.records import FrozenPublicRecord, PublicRecord, Record
+from kheops_async.records import FrozenPublicRecord, PublicRecord
 
 __all__ = [
     "MAX_KEPT_FAILURES",
@@ -306,24 +306,22 @@ MAX_TRACKED_SERIES = 256
 more than any concurrency a display shows, and a constant memory whatever the archive."""
 
 
-class SeriesActivity(Record):
-    """What one series has done so far in this run, as its instances are recorded.
+@dataclass(init=False, repr=False, eq=False)
+class SeriesActivity(PublicRecord):
+    """What one series has done so far in this run, as its instances are recorded
+    (returned by :meth:`DownloadProgress.series_in_flight`)."""
 
-    ``order``: when the series was first seen (0, 1, 2, ...), which keeps displayed
-    lines in place; ``done``: instances done (written, skipped, planned, metadata
-    saved); ``expected``: instances the listing announced for the series, when it did;
-    ``bytes_written``: bytes of the instances written (their file sizes).
-    """
-
-    __slots__ = (
-        "bytes_written",
-        "done",
-        "expected",
-        "order",
-        "series_uid",
-        "study_uid",
-        "written",
-    )
+    study_uid: str
+    series_uid: str
+    order: int
+    """When the series was first seen (0, 1, 2, ...): keeps displayed lines in place."""
+    done: int = 0
+    """Instances done (written, skipped, planned, metadata saved)."""
+    expected: int | None = None
+    """Instances the listing announced for the series, when it did."""
+    written: int = 0
+    bytes_written: int = 0
+    """Bytes of the instances written (their file sizes)."""
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from kheops_async.multipart import (
     MAX_BOUNDARY_LENGTH,
     MAX_HEADER_BYTES,
     MAX_TRANSPORT_PADDING,
+    VIEW_MAX_OVERHEAD,
     Event,
     MultipartParser,
     PartData,
@@ -192,6 +193,18 @@ def test_part_bytes_are_views_of_the_fed_chunk_not_copies() -> None:
     (event,) = parser.feed(whole)
     assert isinstance(event, PartData)
     assert event.data is whole
+
+
+def test_a_small_slice_of_a_large_chunk_is_copied_not_kept_alive() -> None:
+    """A view keeps its whole chunk: one under a quarter of the chunk is copied instead."""
+    small, large = b"s" * 100, b"L" * 100_000
+    body = encode([([("A", "1")], small), ([("A", "2")], large)])
+    parser = MultipartParser(BOUNDARY)
+    data = [e.data for e in parser.feed(body) + parser.close() if isinstance(e, PartData)]
+    assert [bytes(d) for d in data] == [small, large]
+    assert type(data[0]) is bytes
+    assert isinstance(data[1], memoryview) and data[1].obj is body
+    assert len(body) <= VIEW_MAX_OVERHEAD * len(data[1])
 
 
 @pytest.mark.parametrize(

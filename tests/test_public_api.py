@@ -83,6 +83,8 @@ def _examples() -> list[object]:
     """One instance of each public dataclass, with a value other than its default."""
     from pathlib import Path
 
+    from kheops_async.report import SeriesActivity
+
     ka = kheops_async
     return [
         ka.Credentials(token="t0ken-secret"),
@@ -98,6 +100,7 @@ def _examples() -> list[object]:
         ka.SyncTotals(studies_new=2),
         ka.DownloadReport(written=5),
         ka.DownloadProgress(series_total=4),
+        SeriesActivity("1.2", "1.2.3", 0, done=2),
     ]
 
 

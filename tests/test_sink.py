@@ -6,6 +6,7 @@ import io
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
 from pydicom import dcmread
 
@@ -218,3 +219,31 @@ async def test_small_parts_sharing_a_network_chunk_keep_their_bytes_and_header(
     assert [o.status for o in outcomes] == ["written"] * 3
     assert [o.values["SOPInstanceUID"] for o in outcomes] == [i.sop_uid for i in instances]
     assert [Path(o.path).read_bytes() for o in outcomes if o.path] == datas
+
+
+def test_a_header_longer_than_the_probe_is_never_read_from_a_cut_copy(tmp_path: Path) -> None:
+    """The pixel data tag's bytes inside an earlier value, and a header past 8 KiB.
+
+    Found by a review: the probe was read whenever it held those four bytes, and
+    pydicom reads a cut-off header without an error, returning empty UIDs (the part
+    failed its check, or a layout field came out empty). Only the fast scan, which
+    gives up on a cut header, reads a probe now.
+    """
+    (instance,) = generate_dataset(
+        patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1
+    )
+    dataset = dcmread(io.BytesIO(instance.data))
+    dataset.add_new(0x00090010, "LO", "ACME")
+    dataset.add_new(0x00091001, "OB", b"\x00" * 100 + b"\xe0\x7f\x10\x00" + b"\x01" * 20_000)
+    out = io.BytesIO()
+    dataset.save_as(out)
+    data = out.getvalue()
+    _, bodies = anyio.run(_received, tmp_path, [_multipart(data)])
+    assert isinstance(bodies[0].chunks and bodies[0].chunks[0], memoryview)
+    sink = PartSink(tmp_path, Layout("{PatientID}/{SeriesInstanceUID}/{SOPInstanceUID}"), None)
+    request = SeriesRequest(instance.study_uid, instance.series_uid, {})
+    (outcome,) = sink.commit_batch(bodies, request)
+    assert outcome.status == "written", outcome.error
+    assert outcome.values["SeriesInstanceUID"] == instance.series_uid
+    assert outcome.values["PatientID"] == dataset.PatientID
+    assert outcome.path and Path(outcome.path).read_bytes() == data

@@ -29,13 +29,12 @@ choice, measured: with concurrent thread calls the threads fight over the GIL an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from kheops_async.dicomfile import PIXEL_DATA_TAG_LE, read_header_values
+from kheops_async.dicomfile import read_header_values, scan_header_values
 from kheops_async.engine.journal import Journal, JournalEntry
 from kheops_async.engine.receiving import HEADER_PROBE_BYTES, PartBody, write_all
 from kheops_async.errors import InvalidDicomError
@@ -275,19 +274,20 @@ def _read_small_part_header(
 ) -> dict[str, str]:
     """Header of a small part: from its first bytes when they hold the whole header.
 
-    Those are the first chunk whole when it is ``bytes``, else (a slice of a network
-    chunk) a copy of its first :data:`SMALL_HEADER_PROBE_BYTES`, then of its first
-    :data:`HEADER_PROBE_BYTES`; the whole part is joined only when its header is in
-    neither.
+    Those are the first chunk whole when it is all of the part as ``bytes``, else a
+    copy of its first :data:`SMALL_HEADER_PROBE_BYTES`, then of its first
+    :data:`HEADER_PROBE_BYTES`, read by the fast scan alone (which gives up on a header
+    cut short: :func:`~kheops_async.dicomfile.scan_header_values`); the whole part is
+    joined and read when neither answers.
     """
     first = chunks[0] if chunks else b""
     if type(first) is bytes and len(chunks) == 1:
         return read_header_values(first, keywords)
     for size in (SMALL_HEADER_PROBE_BYTES, HEADER_PROBE_BYTES):
         probe = bytes(first[:size])
-        if PIXEL_DATA_TAG_LE in probe:
-            with contextlib.suppress(InvalidDicomError):
-                return read_header_values(probe, keywords)
+        values = scan_header_values(probe, keywords)
+        if values is not None:
+            return values
         if len(probe) < size:
             break
     return read_header_values(b"".join(chunks), keywords)
@@ -297,7 +297,5 @@ def _read_large_part_header(head: bytes, temp_path: str, keywords: Sequence[str]
     """Header of a part larger than the probe: from its head, else from the file."""
     if head[128:132] != b"DICM":
         raise InvalidDicomError("not a DICOM Part-10 file: no 'DICM' prefix at byte 128")
-    if PIXEL_DATA_TAG_LE in head:
-        with contextlib.suppress(InvalidDicomError):
-            return read_header_values(head, keywords)
-    return read_header_values(Path(temp_path), keywords)
+    values = scan_header_values(head, keywords)
+    return values if values is not None else read_header_values(Path(temp_path), keywords)
