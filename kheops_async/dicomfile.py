@@ -36,16 +36,13 @@ from kheops_async.keywords import tag_for
 
 __all__ = [
     "MIN_PART10_SIZE",
-    "PIXEL_DATA_TAG_LE",
     "is_complete_part10",
     "read_header_values",
+    "scan_header_values",
 ]
 
 MIN_PART10_SIZE = 132
 """A DICOM Part-10 file is at least its 128-byte preamble and ``DICM``."""
-
-PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
-"""(7FE0,0010) in little endian: when a head holds it, the header before it is whole."""
 
 _TRANSFER_SYNTAX_TAG = 0x00020010
 _CHARACTER_SET_TAG = 0x00080005

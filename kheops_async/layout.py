@@ -92,10 +92,7 @@ class Layout(FrozenPublicRecord):
         init=False, repr=False, compare=False, default_factory=dict
     )
 
-    def __init__(
-        self,
-        template: str = DEFAULT_LAYOUT,
-    ) -> None:
+    def __init__(self, template: str = DEFAULT_LAYOUT) -> None:
         object.__setattr__(self, "template", template)
         object.__setattr__(self, "_directories", {})
         self.__post_init__()

@@ -65,9 +65,9 @@ it, so the limit is lenient while still bounding the carried partial delimiter."
 
 VIEW_MAX_OVERHEAD: Final = 4
 """A part's slice of a fed chunk is handed out as a view of the chunk (not a copy) when the
-chunk is at most this many times larger. Views of small slices kept every 1 MiB chunk
-alive until its last part was written: 4,000 parts of 76 KB at ``-j 16`` peaked at 80 MB
-instead of 70 MB; small slices are cheap to copy."""
+chunk is at most this many times larger, so that a view never keeps alive more than that
+many times the bytes it holds (a 1 MiB chunk for a part of 76 KB); small slices are cheap
+to copy."""
 
 MAX_TRANSPORT_PADDING: Final = 1024
 """Most spaces and tabs accepted between a delimiter and its CRLF (RFC 2046 "transport

@@ -41,8 +41,9 @@ LARGE_WRITE_BYTES = 1024 * 1024
 class PartBody(Record):
     """A part's body as received, before its header is checked and its file finished.
 
-    A small part is held in ``chunks`` (as received, not joined nor copied: bytes, or
-    memoryviews of the network's chunks it shares with its neighbours); a large part is
+    A small part is held in ``chunks`` (as received, not joined: the network's chunks,
+    or the parser's slices of them, memoryviews when large, see
+    :data:`~kheops_async.multipart.VIEW_MAX_OVERHEAD`); a large part is
     already in ``temp_path`` (``chunks`` is ``None``) with its first bytes in ``head``.
     Whoever holds a body must either hand it to the sink or :meth:`discard` it.
     """
