@@ -8,6 +8,7 @@ the environment, and Ctrl-C (SIGINT) ending with 130 and no partial files.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import io
 import os
@@ -253,6 +254,63 @@ def test_version_and_help_import_nothing_heavy(args: tuple[str, ...]) -> None:
     result, loaded = loaded_modules(*args)
     assert result.returncode == 0, result.stderr
     assert loaded == set()
+
+
+_COMMANDS_BUILT = """
+import sys
+from kheops_async.cli.app import main
+status = main(sys.argv[1:], standalone_mode=False)
+def built(group):
+    return {name: built(command) if hasattr(command, "commands") else None
+            for name, command in sorted(group.commands.items())}
+print("BUILT=" + repr(built(main)))
+"""
+
+
+def commands_built(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """Run ``main(args)`` in a fresh interpreter; the commands it had built, as a tree."""
+    result = subprocess.run(
+        [sys.executable, "-c", _COMMANDS_BUILT, *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    line = next(x for x in result.stdout.splitlines() if x.startswith("BUILT="))
+    return result, ast.literal_eval(line.removeprefix("BUILT="))
+
+
+def test_a_command_builds_its_own_options_only() -> None:
+    """The other commands' options (about 5 ms of start-up) are not made for one command."""
+    result, built = commands_built("download", "studies", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--connections-ahead" in result.stdout  # its options are all there
+    assert built == {"download": {"studies": None}, "list": {}}
+
+
+def test_help_lists_every_command_and_a_typo_still_gets_a_suggestion() -> None:
+    result, built = commands_built("--help")
+    assert result.returncode == 0, result.stderr
+    for name in ("download", "list", "sync", "verify"):
+        assert re.search(rf"^  {name} ", result.stdout, re.MULTILINE), name
+    assert set(built) == {"download", "list", "sync", "verify"}
+    typo = subprocess.run(
+        [sys.executable, "-m", "kheops_async", "synk"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert typo.returncode == ExitCode.USAGE
+    assert "No such command 'synk'. Did you mean 'sync'?" in typo.stderr
+    nested = subprocess.run(
+        [sys.executable, "-m", "kheops_async", "download", "studes"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert "Did you mean 'studies'?" in nested.stderr
 
 
 def test_a_download_of_ordinary_data_never_imports_pydicom(tmp_path: Path) -> None:
