@@ -7,6 +7,12 @@ answers (a bad token or a bad UID does not get better by asking again).
 
 The wait is exponential backoff with full jitter, capped; a ``Retry-After`` sent
 by the server is honoured (itself capped) and never undercut by the backoff.
+
+tenacity is imported, and its retrying object made, at an operation's first failure:
+:func:`retry_call` makes the first attempt itself, and hands a retryable failure to
+tenacity as the outcome of attempt 1 (tenacity then logs it, waits and makes the
+others). Most calls succeed at once, and importing tenacity cost every command 33 M
+instructions (about 7 ms here) before its first request.
 """
 
 from __future__ import annotations
@@ -15,15 +21,9 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
 from kheops_async.defaults import DEFAULT_ATTEMPTS
 from kheops_async.errors import (
@@ -34,6 +34,9 @@ from kheops_async.errors import (
     TruncatedBodyError,
 )
 from kheops_async.records import FrozenPublicRecord
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 __all__ = ["RETRYABLE_STATUS_CODES", "RetryPolicy", "is_retryable", "retry_call"]
 
@@ -107,8 +110,27 @@ async def retry_call(
     """Run ``operation`` under ``policy``; re-raise its last error when attempts run out.
 
     ``describe`` names the operation in the log lines of retries (token-free text).
-    Works under asyncio and trio (sleeps with anyio).
+    Works under asyncio and trio (sleeps with anyio). The first attempt is made here;
+    tenacity takes over at a retryable failure (module docstring).
     """
+    try:
+        return await operation()
+    except Exception as exc:
+        if policy.attempts < 2 or not retryable(exc):
+            raise
+        first_failure = exc
+    return await _retry_after(first_failure, policy, operation, describe, retryable)
+
+
+async def _retry_after(
+    first_failure: Exception,
+    policy: RetryPolicy,
+    operation: Callable[[], Awaitable[T]],
+    describe: str,
+    retryable: Callable[[BaseException], bool],
+) -> T:
+    """The attempts after the first, by tenacity, given the first one's failure."""
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -134,8 +156,11 @@ async def retry_call(
         before_sleep=before_sleep,
         reraise=True,
     )
+    replay = [first_failure]
 
     async def run() -> T:  # tenacity awaits only what a coroutine function returns
+        if replay:  # attempt 1, already made: its failure, for tenacity to count
+            raise replay.pop()
         return await operation()
 
     result: T = await retrying(run)

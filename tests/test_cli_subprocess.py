@@ -324,6 +324,7 @@ def test_a_download_of_ordinary_data_never_imports_pydicom(tmp_path: Path) -> No
         assert result.returncode == 0, result.stderr
         assert len(list(tmp_path.rglob("*.dcm"))) == 2
         assert {"pydicom", "numpy", "PIL", "trio"}.isdisjoint(loaded)
+        assert "tenacity" not in loaded  # nothing failed: imported at a first failure only
         assert "rich" not in loaded and "pygments" not in loaded  # no terminal: no display
         (next(tmp_path.rglob("*.dcm"))).write_bytes(b"\0" * 200)  # damaged: a rerun checks it
         rerun, loaded = loaded_modules(*args)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+import time
+
 import pytest
 
 from kheops_async.errors import (
@@ -73,3 +78,54 @@ async def test_retry_call_retries_then_succeeds_and_stops_on_non_retryable() -> 
     with pytest.raises(TransportError):
         await retry_call(fast, always_down, describe="t")
     assert len(calls) == 3
+
+
+async def test_the_first_failure_is_attempt_one_of_tenacity_s_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first attempt, made before tenacity: its wait and log line are attempt 1's."""
+    calls: list[float] = []
+    policy = RetryPolicy(attempts=3, initial_wait=0.001, max_wait=0.002, max_retry_after=0.05)
+
+    async def busy_then_ok() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise status(429, retry_after=0.05)
+        if len(calls) == 2:
+            raise TransportError("reset")
+        return "ok"
+
+    with caplog.at_level(logging.INFO, logger="kheops_async"):
+        assert await retry_call(policy, busy_then_ok, describe="the query") == "ok"
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.05  # the first failure's Retry-After was honoured
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+    assert len(lines) == 2
+    assert "attempt 1 of 3 failed: HTTP 429" in lines[0]
+    assert "attempt 2 of 3 failed: reset" in lines[1]
+
+
+def test_tenacity_is_imported_at_the_first_failure_only() -> None:
+    code = """
+import sys, anyio
+from kheops_async.errors import TransportError
+from kheops_async.retry import RetryPolicy, retry_call
+policy = RetryPolicy(attempts=2, initial_wait=0.001, max_wait=0.001)
+async def ok():
+    return 1
+failures = []
+async def flaky():
+    if not failures:
+        failures.append(1)
+        raise TransportError("reset")
+    return 2
+assert anyio.run(lambda: retry_call(policy, ok, describe="x")) == 1
+print("after a success:", "tenacity" in sys.modules)
+assert anyio.run(lambda: retry_call(policy, flaky, describe="x")) == 2
+print("after a failure:", "tenacity" in sys.modules)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["after a success: False", "after a failure: True"]
