@@ -144,9 +144,22 @@ def _read_explicit_le(
     raw = scan_explicit_le(data, _wanted_ints(pairs), last)
     if raw is None:
         return None
-    elements = {tag: _ScannedElement(vr, value) for tag, (vr, value) in raw.items()}
-    charset = elements.get(_CHARACTER_SET_TAG)
-    values = {keyword: _value_text(elements.get(tag), charset) for keyword, tag in pairs}
+    values: dict[str, str] = {}
+    for keyword, tag in pairs:
+        found = raw.get(tag)
+        if found is None:
+            values[keyword] = ""
+            continue
+        vr, value = found
+        if vr in _PLAIN_ASCII_VRS or (value.isascii() and b"\x1b" not in value):
+            # _value_text's ASCII case, inlined: it runs for every value of every part
+            text = value.decode("ascii", "replace").strip(" \x00")
+            values[keyword] = text.rstrip("=") if vr == "PN" else text
+        else:
+            charset = raw.get(_CHARACTER_SET_TAG)
+            values[keyword] = _value_text(
+                _ScannedElement(vr, value), _ScannedElement(*charset) if charset else None
+            )
     return values if values.get("SOPInstanceUID") else None
 
 

@@ -44,6 +44,9 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 16
 _TRANSFER_SYNTAX = 0x00020010
+_META_WANTED = frozenset({_TRANSFER_SYNTAX})
+_META_LAST = 0x0002FFFF
+"""The file meta group: every element of group 0002, read for its transfer syntax."""
 _NOT_EXPLICIT_LE = frozenset(
     {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 )  # implicit VR little endian, explicit big endian, deflated
@@ -63,11 +66,12 @@ def scan_explicit_le(data: bytes, wanted: Collection[int], last: int) -> dict[in
     if len(data) < 132 or data[128:132] != b"DICM":
         return None
     try:
-        meta, position = _scan_meta(data)
-        syntax = meta.decode("ascii", "replace").strip(" \x00")
+        meta, position = _scan_data_set(data, 132, _META_WANTED, _META_LAST)
+        raw_syntax = meta.get(_TRANSFER_SYNTAX, ("UI", b""))[1]
+        syntax = raw_syntax.decode("ascii", "replace").strip(" \x00")
         if syntax in _NOT_EXPLICIT_LE or not syntax.startswith(_STANDARD_PREFIX):
             return None
-        return _scan_data_set(data, position, wanted, last)
+        return _scan_data_set(data, position, wanted, last)[0]
     except (_Unsure, struct.error):
         return None
 
@@ -83,24 +87,11 @@ def _element_header(data: bytes, position: int) -> tuple[int, bytes, int, int]:
     raise _Unsure  # an unknown VR, or not explicit VR at all
 
 
-def _scan_meta(data: bytes) -> tuple[bytes, int]:
-    """The transfer syntax UID's bytes, and where the data set starts."""
-    position, syntax = 132, b""
-    while True:
-        group, _ = struct.unpack_from("<HH", data, position)
-        if group != 0x0002:
-            return syntax, position
-        tag, _vr, length, start = _element_header(data, position)
-        if length == _UNDEFINED or start + length > len(data):
-            raise _Unsure
-        if tag == _TRANSFER_SYNTAX:
-            syntax = data[start : start + length]
-        position = start + length
-
-
 def _scan_data_set(
     data: bytes, position: int, wanted: Collection[int], last: int
-) -> dict[int, RawValue]:
+) -> tuple[dict[int, RawValue], int]:
+    """The wanted elements from ``position`` to the first tag past ``last``, and where
+    that element starts (the file meta group is scanned so too, up to the data set)."""
     found: dict[int, RawValue] = {}
     size = len(data)
     unpack_element = _ELEMENT.unpack_from  # _element_header, inlined: the hot loop
@@ -115,7 +106,7 @@ def _scan_data_set(
             raise _Unsure
         tag = (group << 16) | element
         if tag > last:
-            return found
+            return found, position
         if length == _UNDEFINED:
             if tag in wanted:
                 raise _Unsure
