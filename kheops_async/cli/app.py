@@ -9,8 +9,7 @@ Only click and this package's light modules are imported at start-up; a command
 imports its job (httpx, anyio, pydicom, the engine) when it runs, so ``--version``
 and ``--help`` stay fast (``benchmarks/run_all.py`` measures both). A command's
 options are built only when that command is looked up (:class:`LazyGroup`): building
-all seven commands' 220 options took 20 M instructions (about 5 ms here) of every run
-that uses one of them.
+all seven commands' 220 options cost every run 14 M instructions (about 3 ms here).
 """
 
 from __future__ import annotations
