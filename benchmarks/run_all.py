@@ -463,6 +463,10 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"{machine.get('creation_us', 0):.0f} us per empty file (2,000 files, after waiting "
         f"{machine.get('creation_wait_s', 0):.0f} s for it to settle; see "
         "`benchmarks/discard.py` for why outputs are set aside, not deleted, between runs)",
+        f"- Writing {TOUCH_MB} MB of fresh memory in a new process (the machine's phase, "
+        "see `measure_memory_touch`): "
+        f"{machine.get('touch_ms_start', 0):.0f} ms at the start, "
+        f"{report.get('touch_ms_end', 0):.0f} ms at the end (median of {TOUCH_RUNS})",
         "",
         "MB = 10^6 bytes of DICOM Part-10 payload (the same numerator for every tool). "
         "Wall time includes process start-up. CPU = user + sys of the tool's process tree "
@@ -791,6 +795,34 @@ def measure_stack_import(log_dir: Path) -> dict[str, Any]:
     return figures
 
 
+TOUCH_MB = 40
+TOUCH_RUNS = 5
+_TOUCH_SCRIPT = (
+    "import time; t = time.perf_counter(); b = b'\\x01' * ({mb} << 20); "
+    "print((time.perf_counter() - t) * 1000)"
+)
+
+
+def measure_memory_touch() -> float:
+    """Median ms for a new process to write :data:`TOUCH_MB` MB of fresh memory.
+
+    Labels the machine's phase: on the VM of ``RESULTS.md`` this took 20 ms in fast
+    phases and up to 57 ms in slow ones, where first touches of memory (a Python
+    process's heap, a file's new page-cache pages) cost the Python tools, which touch
+    more of it, more than curl.
+    """
+    times = []
+    for _ in range(TOUCH_RUNS):
+        out = subprocess.run(
+            [sys.executable, "-c", _TOUCH_SCRIPT.format(mb=TOUCH_MB)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        times.append(float(out.strip()))
+    return statistics.median(times)
+
+
 def check_disk(path: Path, group: DataGroup) -> None:
     shape = group.shape
     if group.name != "S4":
@@ -922,6 +954,7 @@ def main() -> None:
         creation_us, waited_s = settled_creation_cost_us(workdir, bench.graveyard)
         report["machine"]["creation_us"] = creation_us
         report["machine"]["creation_wait_s"] = waited_s
+        report["machine"]["touch_ms_start"] = measure_memory_touch()
         report["startup"] = measure_startup(bench.logs)
         report["stack_import"] = measure_stack_import(bench.logs)
         parser = None
@@ -935,6 +968,7 @@ def main() -> None:
         report["cases"] = bench.cases
         report["targets"] = evaluate_targets(bench.cases, parser, report["startup"])
         report["loadavg_at_end"] = list(os.getloadavg())
+        report["touch_ms_end"] = measure_memory_touch()
         report["total_seconds"] = time.monotonic() - started
         report["runs"] = [asdict(r) for r in bench.runs]
         report["sweep_runs"] = [asdict(r) for r in bench.sweep_runs]
