@@ -144,22 +144,12 @@ def _read_explicit_le(
     raw = scan_explicit_le(data, _wanted_ints(pairs), last)
     if raw is None:
         return None
+    found_charset = raw.get(_CHARACTER_SET_TAG)
+    charset = _ScannedElement(*found_charset) if found_charset is not None else None
     values: dict[str, str] = {}
     for keyword, tag in pairs:
         found = raw.get(tag)
-        if found is None:
-            values[keyword] = ""
-            continue
-        vr, value = found
-        if vr in _PLAIN_ASCII_VRS or (value.isascii() and b"\x1b" not in value):
-            # _value_text's ASCII case, inlined: it runs for every value of every part
-            text = value.decode("ascii", "replace").strip(" \x00")
-            values[keyword] = text.rstrip("=") if vr == "PN" else text
-        else:
-            charset = raw.get(_CHARACTER_SET_TAG)
-            values[keyword] = _value_text(
-                _ScannedElement(vr, value), _ScannedElement(*charset) if charset else None
-            )
+        values[keyword] = "" if found is None else _bytes_text(found[0], found[1], charset)
     return values if values.get("SOPInstanceUID") else None
 
 
@@ -244,18 +234,27 @@ def _value_text(element: Element | None, charset: Element | None) -> str:
     if value is None:
         return ""
     if isinstance(value, bytes):
-        if element.VR in _PLAIN_ASCII_VRS or (value.isascii() and b"\x1b" not in value):
-            text = value.decode("ascii", "replace")
-        else:
-            from pydicom.charset import decode_bytes
-
-            delimiters = _PN_DELIMITERS if element.VR == "PN" else _TEXT_DELIMITERS
-            text = decode_bytes(value, _encodings(charset), delimiters)
-        text = text.strip(" \x00")
-        return text.rstrip("=") if element.VR == "PN" else text  # as pydicom shows a name
+        return _bytes_text(element.VR, value, charset)
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return "\\".join(str(v) for v in value)
     return str(value).strip(" \x00")
+
+
+def _bytes_text(vr: str, value: bytes, charset: Element | None) -> str:
+    """A raw text value of VR ``vr`` as text (see :func:`_value_text`).
+
+    Called for every wanted value of every part (the fast scan's values come here
+    straight, without an element object).
+    """
+    if vr in _PLAIN_ASCII_VRS or (value.isascii() and b"\x1b" not in value):
+        text = value.decode("ascii", "replace")
+    else:
+        from pydicom.charset import decode_bytes
+
+        delimiters = _PN_DELIMITERS if vr == "PN" else _TEXT_DELIMITERS
+        text = decode_bytes(value, _encodings(charset), delimiters)
+    text = text.strip(" \x00")
+    return text.rstrip("=") if vr == "PN" else text  # as pydicom shows a name
 
 
 # --------------------------------------------------------------------------- completeness
